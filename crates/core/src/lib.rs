@@ -1,0 +1,7 @@
+//! The nginx-free logic of lua-dynamic-upstream.
+//!
+//! Everything here is plain Rust with ordinary unit tests: how a Lua `target` names an upstream,
+//! what a valid peer address and option set look like, and the exact error texts the Lua API
+//! returns. The nginx module crate only gathers facts from nginx and calls into this crate.
+
+pub mod target;
