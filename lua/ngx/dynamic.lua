@@ -13,10 +13,14 @@ local ffi_string = ffi.string
 local error = error
 local type = type
 local tonumber = tonumber
+local tostring = tostring
+local pairs = pairs
+local ipairs = ipairs
+local select = select
 local get_phase = ngx.get_phase
 
-local ok, new_tab = pcall(require, "table.new")
-if not ok then
+local _, new_tab = pcall(require, "table.new")
+if type(new_tab) ~= "function" then
     new_tab = function() return {} end
 end
 
@@ -35,6 +39,26 @@ typedef struct {
            fails, max_conns, conns, accessed, checked;
     uint8_t down, backup;
 } ngx_dynamic_upstream_peer_t;
+
+typedef struct {
+    double weight, max_fails, fail_timeout, max_conns;
+    uint8_t has_weight, has_max_fails, has_fail_timeout, has_max_conns;
+    uint8_t has_down, down, has_backup, backup;
+} ngx_dynamic_upstream_options_t;
+
+int ngx_dynamic_upstream_ffi_add_peer(const char *target, size_t target_len,
+    const char *server, size_t server_len, const ngx_dynamic_upstream_options_t *options,
+    unsigned char *err, size_t *err_len);
+
+int ngx_dynamic_upstream_ffi_remove_peer(const char *target, size_t target_len,
+    const char *server, size_t server_len, unsigned char *err, size_t *err_len);
+
+int ngx_dynamic_upstream_ffi_update_peer(const char *target, size_t target_len,
+    const char *server, size_t server_len, const ngx_dynamic_upstream_options_t *options,
+    unsigned char *err, size_t *err_len);
+
+int ngx_dynamic_upstream_ffi_zone_usage(const char *target, size_t target_len,
+    size_t *size, size_t *free, unsigned char *err, size_t *err_len);
 
 int ngx_dynamic_upstream_ffi_list(ngx_dynamic_upstream_upstream_t *items, size_t *n,
     unsigned char *bytes, size_t *bytes_len, unsigned char *err, size_t *err_len);
@@ -113,7 +137,148 @@ local function not_in_init(fname)
     end
 end
 
+-- Option names and their Lua types, per function.
+local NUMBER_OPTIONS = { "weight", "max_fails", "fail_timeout", "max_conns" }
+local BOOLEAN_OPTIONS = { "down", "backup" }
+local ADD_OPTIONS = { weight = "number", max_fails = "number", fail_timeout = "number",
+                      max_conns = "number", down = "boolean", backup = "boolean" }
+local UPDATE_OPTIONS = { weight = "number", max_fails = "number", fail_timeout = "number",
+                         max_conns = "number", down = "boolean" }
+
+local options = ffi_new("ngx_dynamic_upstream_options_t")
+local size_out = ffi_new("size_t[1]")
+local free_out = ffi_new("size_t[1]")
+
+-- Fills the options record from a table, or returns an error text for an unknown option.
+-- A value of the wrong type is an argument error.
+local function fill_options(fname, pos, opts, allowed)
+    for k, v in pairs(opts) do
+        local want = allowed[k]
+        if not want then
+            return "unknown option \"" .. tostring(k) .. "\""
+        end
+        if type(v) ~= want then
+            error("bad argument #" .. pos .. " to '" .. fname .. "' (option \"" .. k .. "\" must be a "
+                  .. want .. ", got " .. type(v) .. ")", 3)
+        end
+    end
+    for _, k in ipairs(NUMBER_OPTIONS) do
+        local v = opts[k]
+        options["has_" .. k] = v ~= nil and 1 or 0
+        options[k] = v or 0
+    end
+    for _, k in ipairs(BOOLEAN_OPTIONS) do
+        local v = opts[k]
+        options["has_" .. k] = v ~= nil and 1 or 0
+        options[k] = v and 1 or 0
+    end
+end
+
+local function changed(rc)
+    if rc == NGX_OK then
+        return true
+    end
+    return nil, ffi_string(err_buf, err_len[0])
+end
+
 local _M = { version = "0.1.0" }
+
+-- add_peer(target, server, opts?) or the original positional form
+-- add_peer(target, server, weight, max_fails, fail_timeout, down).
+function _M.add_peer(target, server, opts, ...)
+    check_string("add_peer", 1, target)
+    check_string("add_peer", 2, server)
+    if type(opts) ~= "table" and (opts ~= nil or select("#", ...) > 0) then
+        -- The positional form: each argument checked for its own type.
+        local max_fails, fail_timeout, down = ...
+        local positional = { weight = opts, max_fails = max_fails,
+                             fail_timeout = fail_timeout, down = down }
+        local names = { "weight", "max_fails", "fail_timeout", "down" }
+        for i, k in ipairs(names) do
+            local v, want = positional[k], ADD_OPTIONS[k]
+            if v ~= nil and type(v) ~= want then
+                error("bad argument #" .. (i + 2) .. " to 'add_peer' (" .. want
+                      .. " expected, got " .. type(v) .. ")", 2)
+            end
+        end
+        opts = positional
+    end
+    local err = not_in_init("add_peer")
+    if err then
+        return nil, err
+    end
+    err = fill_options("add_peer", 3, opts or {}, ADD_OPTIONS)
+    if err then
+        return nil, err
+    end
+    err_len[0] = ERR_CAP
+    return changed(C.ngx_dynamic_upstream_ffi_add_peer(target, #target, server, #server,
+                                                       options, err_buf, err_len))
+end
+
+function _M.remove_peer(target, server)
+    check_string("remove_peer", 1, target)
+    check_string("remove_peer", 2, server)
+    local err = not_in_init("remove_peer")
+    if err then
+        return nil, err
+    end
+    err_len[0] = ERR_CAP
+    return changed(C.ngx_dynamic_upstream_ffi_remove_peer(target, #target, server, #server,
+                                                          err_buf, err_len))
+end
+
+function _M.set_peer_down(target, server, down)
+    check_string("set_peer_down", 1, target)
+    check_string("set_peer_down", 2, server)
+    if down ~= nil and type(down) ~= "boolean" then
+        error("bad argument #3 to 'set_peer_down' (boolean expected, got " .. type(down)
+              .. ")", 2)
+    end
+    local err = not_in_init("set_peer_down")
+    if err then
+        return nil, err
+    end
+    fill_options("set_peer_down", 3, { down = down ~= false }, UPDATE_OPTIONS)
+    err_len[0] = ERR_CAP
+    return changed(C.ngx_dynamic_upstream_ffi_update_peer(target, #target, server, #server,
+                                                          options, err_buf, err_len))
+end
+
+function _M.update_peer(target, server, opts)
+    check_string("update_peer", 1, target)
+    check_string("update_peer", 2, server)
+    if type(opts) ~= "table" then
+        error("bad argument #3 to 'update_peer' (table expected, got " .. type(opts) .. ")", 2)
+    end
+    local err = not_in_init("update_peer")
+    if err then
+        return nil, err
+    end
+    err = fill_options("update_peer", 3, opts, UPDATE_OPTIONS)
+    if err then
+        return nil, err
+    end
+    err_len[0] = ERR_CAP
+    return changed(C.ngx_dynamic_upstream_ffi_update_peer(target, #target, server, #server,
+                                                          options, err_buf, err_len))
+end
+
+-- { size = bytes, free = bytes } of the zone that holds an upstream's peers.
+function _M.zone_usage(target)
+    check_string("zone_usage", 1, target)
+    local err = not_in_init("zone_usage")
+    if err then
+        return nil, err
+    end
+    err_len[0] = ERR_CAP
+    local rc = C.ngx_dynamic_upstream_ffi_zone_usage(target, #target, size_out, free_out,
+                                                     err_buf, err_len)
+    if rc ~= NGX_OK then
+        return nil, ffi_string(err_buf, err_len[0])
+    end
+    return { size = tonumber(size_out[0]), free = tonumber(free_out[0]) }
+end
 
 function _M.list_upstreams()
     local err = not_in_init("list_upstreams")

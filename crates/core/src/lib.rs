@@ -4,4 +4,8 @@
 //! what a valid peer address and option set look like, and the exact error texts the Lua API
 //! returns. The nginx module crate only gathers facts from nginx and calls into this crate.
 
+pub mod address;
+pub mod balancer;
+pub mod change;
+pub mod options;
 pub mod target;

@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn shared_zone_is_ambiguous_and_lists_the_upstreams() {
         let err = resolve(&config(), b"shared").unwrap_err();
-        assert_eq!(err.to_string(), "zone \"shared\" is shared by upstreams a, b: name the upstream");
+        assert_eq!(
+            err.to_string(),
+            "zone \"shared\" is shared by upstreams a, b: name the upstream"
+        );
     }
 
     #[test]

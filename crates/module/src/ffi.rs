@@ -15,10 +15,89 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{ngx_http_upstream_rr_peers_t, NGX_DECLINED, NGX_ERROR, NGX_OK};
 
+use dynamic_upstream_core::address::{AddressError, ServerAddress};
+use dynamic_upstream_core::options::{OptionError, PeerOptions};
+
 use crate::bytes;
-use crate::locks::PeersReadGuard;
+use crate::locks::PeersGuard;
 use crate::output::{Output, StrRef};
+use crate::peers;
 use crate::upstreams::{LookupError, Upstreams, ZonedUpstream};
+
+/// Everything an API call can answer with instead of a result.
+enum ApiError {
+    Lookup(LookupError),
+    Address(AddressError),
+    Option(OptionError),
+    Peers(peers::Error),
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Lookup(e) => e.fmt(f),
+            ApiError::Address(e) => e.fmt(f),
+            ApiError::Option(e) => e.fmt(f),
+            ApiError::Peers(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> Self {
+        ApiError::Lookup(e)
+    }
+}
+
+impl From<AddressError> for ApiError {
+    fn from(e: AddressError) -> Self {
+        ApiError::Address(e)
+    }
+}
+
+impl From<OptionError> for ApiError {
+    fn from(e: OptionError) -> Self {
+        ApiError::Option(e)
+    }
+}
+
+impl From<peers::Error> for ApiError {
+    fn from(e: peers::Error) -> Self {
+        ApiError::Peers(e)
+    }
+}
+
+/// Peer options as the Lua wrapper passes them: a value and whether it was given.
+#[repr(C)]
+pub struct OptionsRecord {
+    weight: f64,
+    max_fails: f64,
+    fail_timeout: f64,
+    max_conns: f64,
+    has_weight: u8,
+    has_max_fails: u8,
+    has_fail_timeout: u8,
+    has_max_conns: u8,
+    has_down: u8,
+    down: u8,
+    has_backup: u8,
+    backup: u8,
+}
+
+impl OptionsRecord {
+    fn to_options(&self) -> PeerOptions {
+        let num = |has: u8, v: f64| (has != 0).then_some(v);
+        let flag = |has: u8, v: u8| (has != 0).then_some(v != 0);
+        PeerOptions {
+            weight: num(self.has_weight, self.weight),
+            max_fails: num(self.has_max_fails, self.max_fails),
+            fail_timeout: num(self.has_fail_timeout, self.fail_timeout),
+            max_conns: num(self.has_max_conns, self.max_conns),
+            down: flag(self.has_down, self.down),
+            backup: flag(self.has_backup, self.backup),
+        }
+    }
+}
 
 /// One upstream of `list_upstreams`.
 #[repr(C)]
@@ -75,7 +154,8 @@ impl ErrorBuf {
             return NGX_ERROR as c_int;
         }
         // SAFETY: the Lua wrapper passes a buffer of `*len` bytes and a valid `size_t *`.
-        let mut cut = Cut { buf: unsafe { slice::from_raw_parts_mut(self.buf, *self.len) }, used: 0 };
+        let mut cut =
+            Cut { buf: unsafe { slice::from_raw_parts_mut(self.buf, *self.len) }, used: 0 };
         let _ = write!(cut, "{err}");
         // SAFETY: as above.
         unsafe { *self.len = cut.used };
@@ -85,7 +165,7 @@ impl ErrorBuf {
 
 /// Runs an API call, turning a panic (a bug, never expected) into an error instead of taking
 /// the worker down; lock guards release their locks while unwinding.
-fn guarded(err: &ErrorBuf, call: impl FnOnce() -> Result<c_int, LookupError>) -> c_int {
+fn guarded(err: &ErrorBuf, call: impl FnOnce() -> Result<c_int, ApiError>) -> c_int {
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(Ok(rc)) => rc,
         Ok(Err(e)) => err.set(&e),
@@ -106,9 +186,13 @@ unsafe fn output<'a, T>(
 ) -> Output<'a, T> {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let items = if items.is_null() { &mut [][..] } else { slice::from_raw_parts_mut(items, *n) };
-        let bytes =
-            if bytes.is_null() { &mut [][..] } else { slice::from_raw_parts_mut(bytes, *bytes_len) };
+        let items =
+            if items.is_null() { &mut [][..] } else { slice::from_raw_parts_mut(items, *n) };
+        let bytes = if bytes.is_null() {
+            &mut [][..]
+        } else {
+            slice::from_raw_parts_mut(bytes, *bytes_len)
+        };
         Output::new(items, bytes)
     }
 }
@@ -152,7 +236,8 @@ pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_list(
         let mut out = unsafe { output(items, n, bytes, bytes_len) };
         for entry in upstreams.entries() {
             if let Some(zone) = entry.zone {
-                let record = UpstreamRecord { name: out.string(entry.name), zone: out.string(zone) };
+                let record =
+                    UpstreamRecord { name: out.string(entry.name), zone: out.string(zone) };
                 out.push(record);
             }
         }
@@ -190,12 +275,137 @@ pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_describe(
     })
 }
 
+/// The upstream a target names and the peer a server string names, from FFI arguments.
+///
+/// # Safety
+/// Each pointer must point to its length in readable bytes.
+unsafe fn upstream_and_server(
+    target: *const c_char,
+    target_len: usize,
+    server: *const c_char,
+    server_len: usize,
+) -> Result<(ZonedUpstream, ServerAddress), ApiError> {
+    // SAFETY: guaranteed by the caller.
+    let (target, server) =
+        unsafe { (bytes::raw(target.cast(), target_len), bytes::raw(server.cast(), server_len)) };
+    // The address first: a malformed one is the caller's error whatever the target.
+    let addr = ServerAddress::parse(server)?;
+    // SAFETY: called from a worker's Lua code, so the cycle is configured.
+    let upstream = unsafe { Upstreams::current()? }.resolve(target)?;
+    Ok((upstream, addr))
+}
+
+/// Adds a peer (`add_peer`).
+///
+/// # Safety
+/// Called by the Lua wrapper: strings with their lengths, a valid options record, `err` of
+/// `*err_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_add_peer(
+    target: *const c_char,
+    target_len: usize,
+    server: *const c_char,
+    server_len: usize,
+    options: *const OptionsRecord,
+    err: *mut u8,
+    err_len: *mut usize,
+) -> c_int {
+    let err = ErrorBuf { buf: err, len: err_len };
+    guarded(&err, || {
+        // SAFETY: as documented above.
+        let options = unsafe { (*options).to_options() }.validate()?;
+        // SAFETY: as documented above.
+        let (upstream, addr) =
+            unsafe { upstream_and_server(target, target_len, server, server_len)? };
+        peers::add_peer(&upstream, &addr, &options.with_defaults())?;
+        Ok(NGX_OK as c_int)
+    })
+}
+
+/// Removes a peer (`remove_peer`).
+///
+/// # Safety
+/// As `ngx_dynamic_upstream_ffi_add_peer`.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_remove_peer(
+    target: *const c_char,
+    target_len: usize,
+    server: *const c_char,
+    server_len: usize,
+    err: *mut u8,
+    err_len: *mut usize,
+) -> c_int {
+    let err = ErrorBuf { buf: err, len: err_len };
+    guarded(&err, || {
+        // SAFETY: as documented above.
+        let (upstream, addr) =
+            unsafe { upstream_and_server(target, target_len, server, server_len)? };
+        peers::remove_peer(&upstream, &addr)?;
+        Ok(NGX_OK as c_int)
+    })
+}
+
+/// Changes a peer in place (`update_peer`, and `set_peer_down` with only `down`).
+///
+/// # Safety
+/// As `ngx_dynamic_upstream_ffi_add_peer`.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_update_peer(
+    target: *const c_char,
+    target_len: usize,
+    server: *const c_char,
+    server_len: usize,
+    options: *const OptionsRecord,
+    err: *mut u8,
+    err_len: *mut usize,
+) -> c_int {
+    let err = ErrorBuf { buf: err, len: err_len };
+    guarded(&err, || {
+        // SAFETY: as documented above.
+        let options = unsafe { (*options).to_options() }.validate()?;
+        // SAFETY: as documented above.
+        let (upstream, addr) =
+            unsafe { upstream_and_server(target, target_len, server, server_len)? };
+        peers::update_peer(&upstream, &addr, &options)?;
+        Ok(NGX_OK as c_int)
+    })
+}
+
+/// The size and free bytes of the zone of the upstream a target names (`zone_usage`).
+///
+/// # Safety
+/// As `ngx_dynamic_upstream_ffi_add_peer`; `size` and `free` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_zone_usage(
+    target: *const c_char,
+    target_len: usize,
+    size: *mut usize,
+    free: *mut usize,
+    err: *mut u8,
+    err_len: *mut usize,
+) -> c_int {
+    let err = ErrorBuf { buf: err, len: err_len };
+    guarded(&err, || {
+        // SAFETY: as documented above.
+        let target = unsafe { bytes::raw(target.cast(), target_len) };
+        // SAFETY: called from a worker's Lua code, so the cycle is configured.
+        let upstream = unsafe { Upstreams::current()? }.resolve(target)?;
+        let (zone_size, zone_free) = peers::zone_usage(&upstream)?;
+        // SAFETY: as documented above.
+        unsafe {
+            *size = zone_size;
+            *free = zone_free;
+        }
+        Ok(NGX_OK as c_int)
+    })
+}
+
 /// Copies the primary list, then the backup list, each under its own read lock (taken primary
 /// first, the order every writer of this module uses).
 fn describe(upstream: &ZonedUpstream, out: &mut Output<'_, PeerRecord>) {
     let primary = upstream.peers;
     // SAFETY: `resolve` returned a live zoned peers list.
-    let _primary_lock = unsafe { PeersReadGuard::new(primary) };
+    let _primary_lock = unsafe { PeersGuard::read(primary) };
     // SAFETY: the primary read lock is held.
     unsafe { copy_peers(primary, false, out) };
 
@@ -203,7 +413,7 @@ fn describe(upstream: &ZonedUpstream, out: &mut Output<'_, PeerRecord>) {
     let backup = unsafe { (*primary).next };
     if !backup.is_null() {
         // SAFETY: a backup list of a zoned upstream lives in the same zone.
-        let _backup_lock = unsafe { PeersReadGuard::new(backup) };
+        let _backup_lock = unsafe { PeersGuard::read(backup) };
         // SAFETY: the backup read lock is held.
         unsafe { copy_peers(backup, true, out) };
     }

@@ -4,11 +4,16 @@
 //! Everything that does not need nginx lives in the `dynamic-upstream-core` crate; this crate
 //! only reads nginx's structures (under nginx's own locks) and hands the facts to it.
 
+mod balancer;
 mod bytes;
+mod conf;
 mod ffi;
 mod locks;
 mod lua;
 mod output;
+mod peers;
+mod request;
+mod slab;
 mod upstreams;
 
 use core::ptr;
@@ -17,10 +22,10 @@ use nginx_sys::{ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, NGX_HTTP
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(preconfiguration),
-    postconfiguration: None,
+    postconfiguration: Some(conf::postconfiguration),
     create_main_conf: None,
     init_main_conf: None,
-    create_srv_conf: None,
+    create_srv_conf: Some(conf::create_srv_conf),
     merge_srv_conf: None,
     create_loc_conf: None,
     merge_loc_conf: None,
@@ -35,6 +40,7 @@ pub static mut ngx_http_lua_dynamic_upstream_module: ngx_module_t = ngx_module_t
     ctx: &raw const MODULE_CTX as _,
     commands: ptr::null_mut(),
     type_: NGX_HTTP_MODULE as _,
+    init_module: Some(conf::init_module),
     ..ngx_module_t::default()
 };
 

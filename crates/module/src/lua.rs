@@ -114,8 +114,7 @@ unsafe extern "C-unwind" fn load_wrapper(l: *mut LuaState) -> c_int {
     };
     // SAFETY: `l` is the calling Lua state; the chunk and its name outlive the call.
     unsafe {
-        if load_buffer(l, WRAPPER.as_ptr().cast(), WRAPPER.len(), c"=ngx.dynamic".as_ptr()) != 0
-        {
+        if load_buffer(l, WRAPPER.as_ptr().cast(), WRAPPER.len(), c"=ngx.dynamic".as_ptr()) != 0 {
             // The compile error message is on the stack; raise it to `require`'s caller.
             return error(l);
         }

@@ -43,8 +43,24 @@ pub struct Upstreams {
 
 /// An upstream whose peers live in a ready shared zone.
 pub struct ZonedUpstream {
+    pub conf: *mut ngx_http_upstream_srv_conf_t,
+    pub name: Vec<u8>,
+    pub zone: Vec<u8>,
+    pub zone_size: usize,
     /// The primary peers list in the zone; `next` is the backup list.
     pub peers: *mut ngx_http_upstream_rr_peers_t,
+}
+
+impl ZonedUpstream {
+    /// The upstream's name as error messages show it.
+    pub fn name_text(&self) -> String {
+        target::echo(&self.name).to_string()
+    }
+
+    /// The zone's name as error messages show it.
+    pub fn zone_text(&self) -> String {
+        target::echo(&self.zone).to_string()
+    }
 }
 
 impl Upstreams {
@@ -118,7 +134,13 @@ impl Upstreams {
             {
                 return Err(LookupError::ZoneNotReady(zone_name));
             }
-            Ok(ZonedUpstream { peers })
+            Ok(ZonedUpstream {
+                conf,
+                name: entries[i].name.to_vec(),
+                zone: zone_name,
+                zone_size: zone.shm.size,
+                peers,
+            })
         }
     }
 }

@@ -1,0 +1,29 @@
+//! Integration harness for lua-dynamic-upstream: real nginx, real HTTP, real backends.
+//!
+//! Test::Nginx cannot be installed on the project's machines, so this crate plays its part in
+//! Rust, in the same data-driven spirit: a config, a request, the expected response, and an
+//! error log that is checked at the end of every test.
+//!
+//! - [`Config`] builds an nginx configuration (modules, main-context lines, an `http {}` body)
+//!   in a fresh prefix directory and [`Config::start`]s it as an [`Nginx`], or checks it with
+//!   `nginx -t` ([`Config::check`]).
+//! - [`Backend`] is a keep-alive HTTP/1.1 server on loopback to proxy to.
+//! - [`lua_server`] wraps a Lua snippet into a `location = /t` for [`Nginx::get_ok`].
+//!
+//! Where nginx, our module and the lua modules live comes from the environment ([`Settings`]),
+//! so the same tests run against Debian's nginx and a project-built one.
+
+mod backend;
+mod http;
+mod lua;
+mod nginx;
+mod ports;
+mod process;
+mod settings;
+
+pub use backend::Backend;
+pub use http::{get, read_response, Headers, Response};
+pub use lua::{lua_server, LUA_SHOW};
+pub use nginx::{Config, Module, Nginx};
+pub use ports::free_ports;
+pub use settings::{settings, Settings};

@@ -1,0 +1,216 @@
+//! The module's per-upstream configuration and the hooks that prepare each zoned upstream:
+//! postconfiguration (identify the balancer, wrap the per-request peer init) and init_module
+//! (set up the upstream's shared state in its zone, size the per-request `tried` bitmaps).
+
+use core::ffi::c_void;
+use core::ptr;
+
+use dynamic_upstream_core::balancer::Balancer;
+use nginx_sys::{
+    ngx_conf_t, ngx_cycle_t, ngx_http_conf_ctx_t, ngx_http_upstream_init_peer_pt,
+    ngx_http_upstream_main_conf_t, ngx_http_upstream_module, ngx_http_upstream_rr_peer_t,
+    ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_error_core,
+    ngx_pcalloc, ngx_uint_t, NGX_ERROR, NGX_HTTP_UPSTREAM_CREATE, NGX_LOG_EMERG, NGX_OK,
+};
+
+use crate::balancer::Probe;
+use crate::locks::PeersGuard;
+use crate::ngx_http_lua_dynamic_upstream_module as MODULE;
+use crate::slab::SlabGuard;
+
+/// Per-upstream state shared by all workers, allocated in the upstream's own zone.
+///
+/// nginx sizes each request's `tried` bitmap from `peers->number`, so a list that grew while a
+/// request was between tries would have that request write past its bitmap. `number` is
+/// therefore set once, at startup, to `capacity` (a multiple of 64), and the real sizes are kept
+/// here. Every field is guarded by the write lock of the list it describes (index 0: primary,
+/// 1: backup).
+#[repr(C)]
+pub struct SharedState {
+    pub count: [usize; 2],
+    pub capacity: usize,
+    /// Removed peers whose memory is given back once no request uses them (see `peers.rs`),
+    /// linked through `next`.
+    pub graveyard: [*mut ngx_http_upstream_rr_peer_t; 2],
+}
+
+/// The module's configuration of one `upstream {}` block.
+pub struct UpstreamConf {
+    pub balancer: Balancer,
+    /// The peer init this module wraps, for upstreams whose peers can be removed.
+    pub original_init_peer: ngx_http_upstream_init_peer_pt,
+    /// Set at init_module for zoned upstreams.
+    pub shared: *mut SharedState,
+}
+
+/// Most peers one list is sized for. Each request pays for a bitmap of `capacity` bits.
+const MAX_CAPACITY: usize = 16384;
+
+/// Zone bytes a peer takes at the least (peer struct, sockaddr, name and server chunks).
+const MIN_PEER_BYTES: usize = 640;
+
+pub extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: nginx passes the configuration being parsed.
+    let conf = unsafe { ngx_pcalloc((*cf).pool, core::mem::size_of::<UpstreamConf>()) }
+        as *mut UpstreamConf;
+    if !conf.is_null() {
+        // SAFETY: freshly allocated, aligned memory of the right size. No Drop: pool-owned.
+        unsafe {
+            conf.write(UpstreamConf {
+                balancer: Balancer::Other,
+                original_init_peer: None,
+                shared: ptr::null_mut(),
+            })
+        };
+    }
+    conf.cast()
+}
+
+/// This module's configuration of an explicit upstream.
+///
+/// # Safety
+/// `uscf` must be an explicit `upstream {}` block of a live configuration.
+pub unsafe fn upstream_conf<'a>(uscf: *const ngx_http_upstream_srv_conf_t) -> &'a mut UpstreamConf {
+    // SAFETY: explicit upstreams have a server configuration for every http module, ours
+    // created by `create_srv_conf`.
+    unsafe {
+        let index = (*(&raw const MODULE)).ctx_index;
+        &mut *(*(*uscf).srv_conf.add(index) as *mut UpstreamConf)
+    }
+}
+
+/// The explicit upstreams with a zone, from an http main configuration.
+///
+/// # Safety
+/// `umcf` must be the live upstream main configuration.
+pub unsafe fn zoned_upstreams(
+    umcf: *const ngx_http_upstream_main_conf_t,
+) -> impl Iterator<Item = *mut ngx_http_upstream_srv_conf_t> {
+    // SAFETY: the array holds `nelts` upstream configuration pointers.
+    let all = unsafe {
+        if umcf.is_null() || (*umcf).upstreams.elts.is_null() {
+            &[][..]
+        } else {
+            core::slice::from_raw_parts(
+                (*umcf).upstreams.elts as *const *mut ngx_http_upstream_srv_conf_t,
+                (*umcf).upstreams.nelts,
+            )
+        }
+    };
+    all.iter().copied().filter(|&u| {
+        // SAFETY: each entry is a live upstream configuration.
+        !u.is_null()
+            && unsafe {
+                (*u).flags & NGX_HTTP_UPSTREAM_CREATE as ngx_uint_t != 0
+                    && !(*u).shm_zone.is_null()
+                    && !(*u).srv_conf.is_null()
+            }
+    })
+}
+
+pub extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: nginx calls postconfiguration with the http configuration being loaded.
+    let cf = unsafe { &mut *cf };
+    // SAFETY: as above.
+    let probe = unsafe { Probe::run(cf) };
+    // SAFETY: in postconfiguration `cf->ctx` is the http context, holding the upstream module's
+    // main configuration; every upstream's init_upstream has run.
+    unsafe {
+        let http = &*(cf.ctx as *const ngx_http_conf_ctx_t);
+        let umcf = *http.main_conf.add(ngx_http_upstream_module.ctx_index)
+            as *const ngx_http_upstream_main_conf_t;
+        for uscf in zoned_upstreams(umcf) {
+            let conf = upstream_conf(uscf);
+            conf.balancer = probe.classify(&*uscf);
+            if crate::request::wraps(conf.balancer) {
+                conf.original_init_peer = (*uscf).peer.init;
+                (*uscf).peer.init = Some(crate::request::init_peer);
+            }
+        }
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// Sets up each zoned upstream's shared state. Runs in the master after the zones were created
+/// and filled by nginx, before any worker exists.
+pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the new, fully configured cycle.
+    unsafe {
+        let conf_ctx = (*cycle).conf_ctx;
+        let http = *conf_ctx.add(nginx_sys::ngx_http_module.index) as *const ngx_http_conf_ctx_t;
+        if http.is_null() {
+            return NGX_OK as ngx_int_t;
+        }
+        let umcf = *(*http).main_conf.add(ngx_http_upstream_module.ctx_index)
+            as *const ngx_http_upstream_main_conf_t;
+        for uscf in zoned_upstreams(umcf) {
+            if init_upstream(uscf).is_err() {
+                let zone = &(*(*uscf).shm_zone).shm.name;
+                ngx_log_error_core(
+                    NGX_LOG_EMERG as ngx_uint_t,
+                    (*cycle).log,
+                    0,
+                    c"no memory in upstream zone \"%V\" for ngx.dynamic's state".as_ptr(),
+                    zone,
+                );
+                return NGX_ERROR as ngx_int_t;
+            }
+        }
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// # Safety
+/// `uscf` must be a zoned upstream of the cycle being initialised, its zone filled by nginx.
+unsafe fn init_upstream(uscf: *mut ngx_http_upstream_srv_conf_t) -> Result<(), ()> {
+    // SAFETY: the zone module replaced `peer.data` with the lists it copied into the zone.
+    unsafe {
+        let conf = upstream_conf(uscf);
+        let primary = (*uscf).peer.data as *mut ngx_http_upstream_rr_peers_t;
+        if primary.is_null() || (*primary).shpool.is_null() {
+            return Ok(());
+        }
+        let backup = (*primary).next;
+        let zone_size = (*(*uscf).shm_zone).shm.size;
+
+        let shared = {
+            let slab = SlabGuard::lock((*primary).shpool);
+            slab.calloc(core::mem::size_of::<SharedState>()) as *mut SharedState
+        };
+        if shared.is_null() {
+            return Err(());
+        }
+        let count = [list_len(primary), if backup.is_null() { 0 } else { list_len(backup) }];
+        let by_zone = (zone_size / MIN_PEER_BYTES).clamp(64, MAX_CAPACITY);
+        let capacity = by_zone.max(count[0]).max(count[1]).next_multiple_of(64);
+        shared.write(SharedState { count, capacity, graveyard: [ptr::null_mut(); 2] });
+
+        if crate::request::wraps(conf.balancer) {
+            let _lock = PeersGuard::write(primary);
+            (*primary).number = capacity;
+            if !backup.is_null() {
+                let _backup_lock = PeersGuard::write(backup);
+                (*backup).number = capacity;
+            }
+        }
+        conf.shared = shared;
+        Ok(())
+    }
+}
+
+/// Peers in a list, by walking it (nginx's `number` may be the capacity).
+///
+/// # Safety
+/// `peers` must be a live list whose lock is held or that no other process can reach yet.
+pub unsafe fn list_len(peers: *const ngx_http_upstream_rr_peers_t) -> usize {
+    let mut n = 0;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let mut peer = (*peers).peer;
+        while !peer.is_null() {
+            n += 1;
+            peer = (*peer).next;
+        }
+    }
+    n
+}

@@ -1,0 +1,499 @@
+//! Runtime changes to an upstream's peers in its shared zone (nginx < 1.27.3).
+//!
+//! Every change follows nginx's own rules for these lists:
+//! - memory is allocated before any lock is taken, and handed back if the change is refused;
+//! - lists and peers change only under the write lock of the list that owns them (primary first,
+//!   then backup), so no balancer, `free` or session callback of any worker is inside;
+//! - nothing done under a lock can fail or panic: lookups, links and counter updates only;
+//! - counters are kept exact: `total_weight` (all peers, down ones included), `tries` (peers not
+//!   down), `weighted`, `single` (nginx 1.22's rule: one primary peer and no backup peer), and
+//!   the real list sizes in [`SharedState`] (nginx's `number` holds the capacity);
+//! - a removed peer is unlinked at once and parked in a graveyard; its memory goes back to the
+//!   zone when its `conns` is 0, that is when no request is between the balancer's `get` and
+//!   `free` on it. After `free`, requests only keep a copy of its name (`request.rs`).
+
+use core::ptr;
+
+use dynamic_upstream_core::address::{names_peer, Endpoint, ServerAddress};
+use dynamic_upstream_core::balancer::{check_legacy, Change, Refused};
+use dynamic_upstream_core::change::ChangeError;
+use dynamic_upstream_core::options::{PeerSettings, ValidOptions};
+use nginx_sys::{
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_uint_t, time_t,
+};
+
+use crate::bytes;
+use crate::conf::{upstream_conf, SharedState};
+use crate::locks::PeersGuard;
+use crate::slab::SlabGuard;
+use crate::upstreams::ZonedUpstream;
+
+const PRIMARY: usize = 0;
+const BACKUP: usize = 1;
+
+/// Why a change call failed.
+pub enum Error {
+    Change(ChangeError),
+    Refused(Refused),
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Change(e) => e.fmt(f),
+            Error::Refused(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<ChangeError> for Error {
+    fn from(e: ChangeError) -> Self {
+        Error::Change(e)
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(e: Refused) -> Self {
+        Error::Refused(e)
+    }
+}
+
+/// An upstream being changed: its lists, zone and this module's state for it.
+struct Target<'a> {
+    upstream: &'a ZonedUpstream,
+    primary: *mut ngx_http_upstream_rr_peers_t,
+    shared: *mut SharedState,
+}
+
+impl<'a> Target<'a> {
+    fn new(upstream: &'a ZonedUpstream, change: Change) -> Result<Self, Error> {
+        // SAFETY: nginx sets ngx_exiting/ngx_quit in this worker's own memory.
+        if unsafe { nginx_sys::ngx_exiting != 0 || nginx_sys::ngx_quit != 0 } {
+            return Err(ChangeError::Exiting.into());
+        }
+        // SAFETY: `conf` is the explicit upstream `resolve` found.
+        let conf = unsafe { upstream_conf(upstream.conf) };
+        check_legacy(&upstream.name, conf.balancer, change)?;
+        if conf.shared.is_null() {
+            // init_module did not run for this zone (it always does before workers start).
+            return Err(ChangeError::NoMemory { zone: upstream.zone_text() }.into());
+        }
+        Ok(Target { upstream, primary: upstream.peers, shared: conf.shared })
+    }
+
+    fn upstream_text(&self) -> String {
+        self.upstream.name_text()
+    }
+
+    fn not_found(&self, addr: &ServerAddress) -> Error {
+        ChangeError::NotFound { peer: addr.name().to_owned(), upstream: self.upstream_text() }
+            .into()
+    }
+
+    /// Locks the primary list, and the backup list when there is one (the order every writer of
+    /// this module and nginx's own failover path agree on).
+    fn lock_all(&self) -> Locked {
+        // SAFETY: `primary` is the live zoned list of this upstream.
+        let primary_lock = unsafe { PeersGuard::write(self.primary) };
+        // SAFETY: read under the primary write lock; a backup list, once linked, stays.
+        let backup = unsafe { (*self.primary).next };
+        // SAFETY: a backup list of a zoned upstream lives in the same zone.
+        let backup_lock = (!backup.is_null()).then(|| unsafe { PeersGuard::write(backup) });
+        Locked { lists: [self.primary, backup], _locks: (primary_lock, backup_lock) }
+    }
+}
+
+/// Both lists of an upstream, write-locked (the backup one when it exists).
+struct Locked {
+    lists: [*mut ngx_http_upstream_rr_peers_t; 2],
+    _locks: (PeersGuard, Option<PeersGuard>),
+}
+
+/// A peer found in a locked list, with its predecessor for unlinking.
+struct Found {
+    list: usize,
+    prev: *mut ngx_http_upstream_rr_peer_t,
+    peer: *mut ngx_http_upstream_rr_peer_t,
+}
+
+impl Locked {
+    fn find(&self, addr: &ServerAddress) -> Option<Found> {
+        for (list, &peers) in self.lists.iter().enumerate() {
+            if peers.is_null() {
+                continue;
+            }
+            let mut prev = ptr::null_mut();
+            // SAFETY: the list is write-locked, so its links and names are stable.
+            unsafe {
+                let mut peer = (*peers).peer;
+                while !peer.is_null() {
+                    if names_peer(bytes::ngx_str(&(*peer).name), addr.name()) {
+                        return Some(Found { list, prev, peer });
+                    }
+                    prev = peer;
+                    peer = (*peer).next;
+                }
+            }
+        }
+        None
+    }
+
+    /// Recomputes the derived counters of both lists. nginx 1.22's `single`: exactly one
+    /// primary peer and no backup peer.
+    ///
+    /// # Safety
+    /// `shared` must be this upstream's state.
+    unsafe fn recount(&self, shared: &SharedState) {
+        // SAFETY: both lists are write-locked.
+        unsafe {
+            for (list, &peers) in self.lists.iter().enumerate() {
+                if peers.is_null() {
+                    continue;
+                }
+                let (mut total, mut tries) = (0, 0);
+                let mut peer = (*peers).peer;
+                while !peer.is_null() {
+                    total += (*peer).weight as ngx_uint_t;
+                    tries += ngx_uint_t::from((*peer).down == 0);
+                    peer = (*peer).next;
+                }
+                (*peers).total_weight = total;
+                (*peers).tries = tries;
+                (*peers).set_weighted((total != shared.count[list]).into());
+                (*peers).set_single(0);
+            }
+            let single = shared.count[PRIMARY] == 1 && shared.count[BACKUP] == 0;
+            (*self.lists[PRIMARY]).set_single(single.into());
+        }
+    }
+
+    /// Gives back the memory of removed peers no request uses any more.
+    ///
+    /// # Safety
+    /// `shared` must be this upstream's state, `slab` its zone.
+    unsafe fn reap(&self, shared: &mut SharedState, slab: &SlabGuard) {
+        for list in [PRIMARY, BACKUP] {
+            if self.lists[list].is_null() {
+                continue;
+            }
+            // SAFETY: the owning list is write-locked: no `free` can be changing `conns`, and
+            // graveyard peers are reachable only from here.
+            unsafe {
+                let mut link: *mut *mut ngx_http_upstream_rr_peer_t =
+                    &raw mut shared.graveyard[list];
+                while !(*link).is_null() {
+                    let peer = *link;
+                    if (*peer).conns == 0 {
+                        *link = (*peer).next;
+                        free_peer(slab, peer);
+                    } else {
+                        link = &raw mut (*peer).next;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Frees a peer and everything it owns.
+///
+/// # Safety
+/// `peer` must be unlinked from every list and unused by any request.
+unsafe fn free_peer(slab: &SlabGuard, peer: *mut ngx_http_upstream_rr_peer_t) {
+    // SAFETY: guaranteed by the caller; every part was allocated from this zone (by nginx's zone
+    // copy, `new_peer`, or nginx's session saving).
+    unsafe {
+        slab.free((*peer).sockaddr);
+        slab.free((*peer).name.data);
+        slab.free((*peer).server.data);
+        slab.free((*peer).ssl_session);
+        slab.free(peer);
+    }
+}
+
+/// A peer built outside any list lock, owned by this call until linked.
+struct NewPeer {
+    peer: *mut ngx_http_upstream_rr_peer_t,
+    /// A backup list made in case the upstream has none yet.
+    backup_list: *mut ngx_http_upstream_rr_peers_t,
+}
+
+fn sockaddr_bytes(endpoint: &Endpoint) -> Vec<u8> {
+    // SAFETY: zeroed sockaddr structures are valid; the bytes are copied out as is.
+    unsafe {
+        fn raw<T>(v: &T) -> Vec<u8> {
+            // SAFETY: any initialised value can be viewed as bytes.
+            unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of_val(v)) }
+                .to_vec()
+        }
+        match endpoint {
+            Endpoint::Ip(std::net::SocketAddr::V4(a)) => {
+                let mut sin: libc::sockaddr_in = core::mem::zeroed();
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                raw(&sin)
+            }
+            Endpoint::Ip(std::net::SocketAddr::V6(a)) => {
+                let mut sin6: libc::sockaddr_in6 = core::mem::zeroed();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                raw(&sin6)
+            }
+            Endpoint::Unix(path) => {
+                let mut sun: libc::sockaddr_un = core::mem::zeroed();
+                sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                for (dst, &src) in sun.sun_path.iter_mut().zip(path.as_bytes()) {
+                    *dst = src as libc::c_char;
+                }
+                // nginx's socklen for unix sockets: the whole structure.
+                raw(&sun)
+            }
+        }
+    }
+}
+
+impl NewPeer {
+    /// Allocates and fills a peer (and a backup list if one may be needed) in the zone.
+    ///
+    /// # Safety
+    /// `target` must be a live zoned upstream.
+    unsafe fn new(
+        target: &Target<'_>,
+        addr: &ServerAddress,
+        settings: &PeerSettings,
+    ) -> Result<NewPeer, Error> {
+        let sockaddr = sockaddr_bytes(addr.endpoint());
+        let name = addr.name().as_bytes();
+        let server = addr.server().as_bytes();
+        // SAFETY: `primary` is live; `next` is only a hint here and checked again under lock.
+        let (shpool, needs_backup_list) = unsafe {
+            ((*target.primary).shpool, settings.backup && (*target.primary).next.is_null())
+        };
+        // SAFETY: the zone's pool.
+        let slab = unsafe { SlabGuard::lock(shpool) };
+        let peer = slab.calloc(size_of::<ngx_http_upstream_rr_peer_t>())
+            as *mut ngx_http_upstream_rr_peer_t;
+        let sa = slab.calloc(sockaddr.len());
+        let name_data = slab.calloc(name.len());
+        let server_data = slab.calloc(server.len());
+        let backup_list = if needs_backup_list {
+            slab.calloc(size_of::<ngx_http_upstream_rr_peers_t>())
+                as *mut ngx_http_upstream_rr_peers_t
+        } else {
+            ptr::null_mut()
+        };
+        if peer.is_null()
+            || sa.is_null()
+            || name_data.is_null()
+            || server_data.is_null()
+            || (needs_backup_list && backup_list.is_null())
+        {
+            // SAFETY: each is NULL or a fresh allocation nobody else has seen.
+            unsafe {
+                slab.free(peer);
+                slab.free(sa);
+                slab.free(name_data);
+                slab.free(server_data);
+                slab.free(backup_list);
+            }
+            return Err(ChangeError::NoMemory { zone: target.upstream.zone_text() }.into());
+        }
+        drop(slab);
+
+        // SAFETY: the allocations are private to this call, of the sizes copied.
+        unsafe {
+            ptr::copy_nonoverlapping(sockaddr.as_ptr(), sa, sockaddr.len());
+            ptr::copy_nonoverlapping(name.as_ptr(), name_data, name.len());
+            ptr::copy_nonoverlapping(server.as_ptr(), server_data, server.len());
+            let p = &mut *peer;
+            p.sockaddr = sa.cast();
+            p.socklen = sockaddr.len() as _;
+            p.name.data = name_data;
+            p.name.len = name.len();
+            p.server.data = server_data;
+            p.server.len = server.len();
+            apply(p, settings);
+            if !backup_list.is_null() {
+                let b = &mut *backup_list;
+                b.shpool = shpool;
+                b.name = (*target.primary).name;
+                b.number = (*target.shared).capacity;
+            }
+        }
+        Ok(NewPeer { peer, backup_list })
+    }
+
+    /// Returns unused memory to the zone.
+    ///
+    /// # Safety
+    /// The peer must not have been linked.
+    unsafe fn discard(self, slab: &SlabGuard) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            free_peer(slab, self.peer);
+            slab.free(self.backup_list);
+        }
+    }
+}
+
+/// Writes settings into a peer that is private or under its list's write lock.
+fn apply(p: &mut ngx_http_upstream_rr_peer_t, s: &PeerSettings) {
+    p.weight = s.weight as ngx_int_t;
+    p.effective_weight = s.weight as ngx_int_t;
+    p.current_weight = 0;
+    p.max_fails = s.max_fails as ngx_uint_t;
+    p.fail_timeout = s.fail_timeout as time_t;
+    p.max_conns = s.max_conns as ngx_uint_t;
+    p.down = s.down.into();
+}
+
+pub fn add_peer(
+    upstream: &ZonedUpstream,
+    addr: &ServerAddress,
+    settings: &PeerSettings,
+) -> Result<(), Error> {
+    let target = Target::new(upstream, Change::AddPeer)?;
+    // SAFETY: `target.upstream` is the live upstream `resolve` found.
+    let conf_balancer = unsafe { upstream_conf(upstream.conf).balancer };
+    if settings.backup && !conf_balancer.supports_backup() {
+        return Err(ChangeError::BackupUnsupported {
+            upstream: target.upstream_text(),
+            balancer: conf_balancer,
+        }
+        .into());
+    }
+    // SAFETY: a live zoned upstream.
+    let new = unsafe { NewPeer::new(&target, addr, settings)? };
+    let mut unused_backup_list = new.backup_list;
+
+    let result = {
+        let mut locked = target.lock_all();
+        // SAFETY: this upstream's state, guarded by the locks just taken.
+        let shared = unsafe { &mut *target.shared };
+        let list = usize::from(settings.backup);
+        if locked.find(addr).is_some() {
+            Err(ChangeError::Exists {
+                peer: addr.name().to_owned(),
+                upstream: target.upstream_text(),
+            })
+        } else if shared.count[list] >= shared.capacity {
+            Err(ChangeError::Full { upstream: target.upstream_text(), capacity: shared.capacity })
+        } else {
+            // SAFETY: both lists are write-locked; the new peer and list are ours to link.
+            unsafe {
+                if list == BACKUP && locked.lists[BACKUP].is_null() {
+                    // No request can be in a list that did not exist; linking it under the
+                    // primary lock publishes it to every failover path at once.
+                    (*target.primary).next = new.backup_list;
+                    locked.lists[BACKUP] = new.backup_list;
+                    unused_backup_list = ptr::null_mut();
+                }
+                // Appended, so that the positions of existing peers (the bits requests keep in
+                // their `tried` bitmaps) do not move.
+                let mut link = &raw mut (*locked.lists[list]).peer;
+                while !(*link).is_null() {
+                    link = &raw mut (**link).next;
+                }
+                *link = new.peer;
+                shared.count[list] += 1;
+                locked.recount(shared);
+                let slab = SlabGuard::lock((*target.primary).shpool);
+                locked.reap(shared, &slab);
+            }
+            Ok(())
+        }
+    };
+
+    // SAFETY: the zone's pool; no list lock is held any more.
+    let slab = unsafe { SlabGuard::lock((*target.primary).shpool) };
+    match result {
+        // SAFETY: the peer was linked; only an unneeded backup list is given back.
+        Ok(()) => unsafe { slab.free(unused_backup_list) },
+        // SAFETY: nothing was linked.
+        Err(_) => unsafe {
+            NewPeer { peer: new.peer, backup_list: unused_backup_list }.discard(&slab)
+        },
+    }
+    result.map_err(Error::from)
+}
+
+pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(), Error> {
+    let target = Target::new(upstream, Change::RemovePeer)?;
+    let locked = target.lock_all();
+    // SAFETY: this upstream's state, guarded by the locks just taken.
+    let shared = unsafe { &mut *target.shared };
+    let found = locked.find(addr).ok_or_else(|| target.not_found(addr))?;
+    if found.list == PRIMARY && shared.count[PRIMARY] == 1 {
+        return Err(ChangeError::LastPrimary { upstream: target.upstream_text() }.into());
+    }
+    // SAFETY: both lists are write-locked; `found` was found in them just now.
+    unsafe {
+        let next = (*found.peer).next;
+        if found.prev.is_null() {
+            (*locked.lists[found.list]).peer = next;
+        } else {
+            (*found.prev).next = next;
+        }
+        (*found.peer).next = shared.graveyard[found.list];
+        shared.graveyard[found.list] = found.peer;
+        shared.count[found.list] -= 1;
+        locked.recount(shared);
+        let slab = SlabGuard::lock((*target.primary).shpool);
+        locked.reap(shared, &slab);
+    }
+    Ok(())
+}
+
+/// `set_peer_down` and `update_peer`: fields every balancer reads live, and the weight.
+pub fn update_peer(
+    upstream: &ZonedUpstream,
+    addr: &ServerAddress,
+    options: &ValidOptions,
+) -> Result<(), Error> {
+    let change = if options.weight().is_some() { Change::Weight } else { Change::InPlace };
+    let target = Target::new(upstream, change)?;
+    let locked = target.lock_all();
+    let found = locked.find(addr).ok_or_else(|| target.not_found(addr))?;
+    // SAFETY: the owning list is write-locked (both are).
+    unsafe {
+        let p = &mut *found.peer;
+        if let Some(weight) = options.weight() {
+            p.weight = weight as ngx_int_t;
+            p.effective_weight = weight as ngx_int_t;
+            p.current_weight = 0;
+        }
+        if let Some(v) = options.max_fails() {
+            p.max_fails = v as ngx_uint_t;
+        }
+        if let Some(v) = options.fail_timeout() {
+            p.fail_timeout = v as time_t;
+        }
+        if let Some(v) = options.max_conns() {
+            p.max_conns = v as ngx_uint_t;
+        }
+        if let Some(down) = options.down() {
+            if !down && p.down != 0 {
+                // Back up: forget the failures that may have led to it being taken down.
+                p.fails = 0;
+            }
+            p.down = down.into();
+        }
+        locked.recount(&*target.shared);
+    }
+    Ok(())
+}
+
+/// Zone usage of an upstream: its zone's size and free bytes, after giving back what removed
+/// peers no longer need.
+pub fn zone_usage(upstream: &ZonedUpstream) -> Result<(usize, usize), Error> {
+    let target = Target::new(upstream, Change::InPlace)?;
+    let locked = target.lock_all();
+    // SAFETY: this upstream's state and zone, under its list locks.
+    unsafe {
+        let slab = SlabGuard::lock((*target.primary).shpool);
+        locked.reap(&mut *target.shared, &slab);
+        Ok((upstream.zone_size, slab.free_bytes()))
+    }
+}
