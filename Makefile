@@ -2,6 +2,7 @@
 #
 #   make demo   install what is missing, build, start a demo nginx on 127.0.0.1:8080
 #   make test   install what is missing, build, lint, run every test
+#   make asan   run the integration tests with an AddressSanitizer build of the module
 
 NGINX          ?= /usr/sbin/nginx
 NGINX_SRC      ?= /usr/share/nginx/src
@@ -12,7 +13,7 @@ CARGO          ?= cargo
 
 export NGINX_BUILD_DIR := $(abspath $(NGINX_TREE))/objs
 
-.PHONY: all deps nginx-tree module demo demo-stop test unit integration lint clean
+.PHONY: all deps nginx-tree module demo demo-stop test unit integration lint asan clean
 
 all: module
 
@@ -47,6 +48,10 @@ integration: module
 lint: nginx-tree
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The integration tests with an AddressSanitizer build of the module (see scripts/asan.sh).
+asan: nginx-tree
+	scripts/asan.sh
 
 clean:
 	$(CARGO) clean

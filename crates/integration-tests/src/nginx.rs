@@ -271,6 +271,10 @@ http {{
             .stdout(output.try_clone().expect("clone the nginx output file"))
             .stderr(output)
             .process_group(0);
+        if let Some(preload) = &settings().preload {
+            // A memory checker's runtime (`make asan`), for nginx alone, not the test process.
+            command.env("LD_PRELOAD", preload);
+        }
         // SAFETY: the closure runs in the forked child before exec and only makes one
         // async-signal-safe system call.
         unsafe {

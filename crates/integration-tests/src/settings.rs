@@ -19,6 +19,9 @@ pub struct Settings {
     /// `None` (unset or empty) writes none. Debian's lua module needs none: its built-in
     /// `package.path` already starts with `/usr/share/lua/5.1/?.lua`, where lua-resty-core is.
     pub lua_package_path: Option<String>,
+    /// `DYNUP_NGINX_PRELOAD`: a library nginx is started with in `LD_PRELOAD` (the
+    /// AddressSanitizer runtime under `make asan`).
+    pub preload: Option<PathBuf>,
 }
 
 /// The settings of this test run.
@@ -35,6 +38,7 @@ pub fn settings() -> &'static Settings {
             ),
             lua_modules_dir: path("DYNUP_LUA_MODULES_DIR", "/usr/lib/nginx/modules".into()),
             lua_package_path: env::var("DYNUP_LUA_PACKAGE_PATH").ok().filter(|p| !p.is_empty()),
+            preload: env::var_os("DYNUP_NGINX_PRELOAD").filter(|p| !p.is_empty()).map(PathBuf::from),
         }
     })
 }
