@@ -43,6 +43,9 @@ build/demo/logs/error.log). Try:
     curl http://127.0.0.1:8080/                      # proxied to a peer of upstream "backends"
     curl http://127.0.0.1:8080/dynamic/zones         # list_upstreams() as JSON
     curl http://127.0.0.1:8080/dynamic/describe      # describe_zone("backends") as JSON
+    curl 'http://127.0.0.1:8080/dynamic/add?server=127.0.0.1:8084&weight=2'   # add_peer
+    curl 'http://127.0.0.1:8080/dynamic/down?server=127.0.0.1:8081'           # set_peer_down
+    curl 'http://127.0.0.1:8080/dynamic/remove?server=127.0.0.1:8084'         # remove_peer
 
 Stop it with: make demo-stop
 TXT

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use crate::http::{header, read_body, read_head, IO_TIMEOUT};
 
-/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering every request with 200 and the body
-/// `backend <port>\n`, so a test sees which peer nginx chose. One thread per connection: it
-/// serves tens of concurrent proxied keep-alive connections. Stopped (listener and every
-/// connection closed) on drop.
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 (or another loopback address, [`Backend::start_on`])
+/// answering every request with 200 and the body `backend <port>\n`, so a test sees which peer
+/// nginx chose. One thread per connection: it serves tens of concurrent proxied keep-alive
+/// connections. Stopped (listener and every connection closed) on drop.
 pub struct Backend {
+    ip: Ipv4Addr,
     port: u16,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
@@ -30,9 +31,17 @@ struct Shared {
 }
 
 impl Backend {
-    /// Starts a backend on a port of the kernel's choosing.
+    /// Starts a backend on 127.0.0.1, on a port of the kernel's choosing.
     pub fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend on 127.0.0.1:0");
+        Backend::start_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// Starts a backend on the loopback address `ip` (any of 127.0.0.0/8, so that many peers
+    /// with distinct addresses can all be healthy), on a port of the kernel's choosing.
+    pub fn start_on(ip: Ipv4Addr) -> Backend {
+        assert!(ip.is_loopback(), "backends listen on loopback only, not {ip}");
+        let listener =
+            TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind a backend on {ip}:0: {e}"));
         let port = listener.local_addr().expect("backend listener address").port();
         let shared = Arc::new(Shared::default());
         let acceptor = {
@@ -42,7 +51,7 @@ impl Backend {
                 .spawn(move || accept_loop(&listener, port, &shared))
                 .expect("spawn a backend accept thread")
         };
-        Backend { port, shared, acceptor: Some(acceptor) }
+        Backend { ip, port, shared, acceptor: Some(acceptor) }
     }
 
     /// Starts `n` backends.
@@ -54,9 +63,14 @@ impl Backend {
         self.port
     }
 
-    /// `127.0.0.1:<port>`, as written in an nginx `server` line.
+    /// The address it listens on (127.0.0.1 unless started with [`Backend::start_on`]).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// `<ip>:<port>` (`127.0.0.1:<port>` by default), as written in an nginx `server` line.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// The body this backend answers with.
@@ -74,7 +88,7 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the blocking accept(); it sees `stopping` and returns.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect((self.ip, self.port));
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }

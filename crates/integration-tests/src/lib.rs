@@ -8,6 +8,7 @@
 //!   in a fresh prefix directory and [`Config::start`]s it as an [`Nginx`], or checks it with
 //!   `nginx -t` ([`Config::check`]).
 //! - [`Backend`] is a keep-alive HTTP/1.1 server on loopback to proxy to.
+//! - [`Load`] sends requests from many keep-alive clients at once, bounded by count and time.
 //! - [`lua_server`] wraps a Lua snippet into a `location = /t` for [`Nginx::get_ok`].
 //!
 //! Where nginx, our module and the lua modules live comes from the environment ([`Settings`]),
@@ -15,6 +16,7 @@
 
 mod backend;
 mod http;
+mod load;
 mod lua;
 mod nginx;
 mod ports;
@@ -23,6 +25,7 @@ mod settings;
 
 pub use backend::Backend;
 pub use http::{get, read_response, Headers, Response};
+pub use load::{Failure, Load, LoadReport, LoadSpec};
 pub use lua::{lua_server, LUA_SHOW};
 pub use nginx::{Config, Module, Nginx};
 pub use ports::free_ports;

@@ -38,7 +38,9 @@ pub fn settings() -> &'static Settings {
             ),
             lua_modules_dir: path("DYNUP_LUA_MODULES_DIR", "/usr/lib/nginx/modules".into()),
             lua_package_path: env::var("DYNUP_LUA_PACKAGE_PATH").ok().filter(|p| !p.is_empty()),
-            preload: env::var_os("DYNUP_NGINX_PRELOAD").filter(|p| !p.is_empty()).map(PathBuf::from),
+            preload: env::var_os("DYNUP_NGINX_PRELOAD")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
         }
     })
 }
