@@ -14,6 +14,7 @@
 //! Where nginx, our module and the lua modules live comes from the environment ([`Settings`]),
 //! so the same tests run against Debian's nginx and a project-built one.
 
+mod api;
 mod backend;
 mod http;
 mod load;
@@ -23,6 +24,7 @@ mod ports;
 mod process;
 mod settings;
 
+pub use api::{eval_server, lua_string, post, Evaluated, EVAL_CHUNK, EVAL_PRELUDE};
 pub use backend::Backend;
 pub use http::{get, read_response, Headers, Response};
 pub use load::{Failure, Load, LoadReport, LoadSpec};

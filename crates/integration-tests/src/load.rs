@@ -137,7 +137,7 @@ fn client(spec: &LoadSpec, shared: &Shared, started: Instant) -> LoadReport {
     let mut report = LoadReport::default();
     let request = format!("GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", spec.path, spec.port);
     let mut connection: Option<BufReader<TcpStream>> = None;
-    let mut fail = |report: &mut LoadReport, status: Option<u16>, detail: String| {
+    let fail = |report: &mut LoadReport, status: Option<u16>, detail: String| {
         if report.failures.len() < KEPT_FAILURES {
             report.failures.push(Failure { at: started.elapsed(), status, detail });
         }
@@ -171,6 +171,8 @@ fn client(spec: &LoadSpec, shared: &Shared, started: Instant) -> LoadReport {
         shared.done.fetch_add(1, Ordering::SeqCst);
         match exchange {
             Ok(response) => {
+                let close =
+                    response.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
                 if (200..300).contains(&response.status) {
                     report.ok += 1;
                     *report.bodies.entry(response.body).or_default() += 1;
@@ -179,8 +181,6 @@ fn client(spec: &LoadSpec, shared: &Shared, started: Instant) -> LoadReport {
                     let detail = format!("{:?}\n{}", response.headers, response.body);
                     fail(&mut report, Some(response.status), detail);
                 }
-                let close =
-                    response.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
                 if close {
                     connection = None;
                 }

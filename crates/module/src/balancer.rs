@@ -149,14 +149,16 @@ impl Probe {
     /// `cf` must be the http configuration in postconfiguration.
     pub unsafe fn run(cf: &mut ngx_conf_t) -> Probe {
         let hash = find_module(cf, c"ngx_http_upstream_hash_module").map(|m| m.ctx_index);
-        // SAFETY: (all three) `cf` is the http configuration in postconfiguration.
-        let keepalive = find_module(cf, c"ngx_http_upstream_keepalive_module").and_then(|m| {
-            unsafe { probe(cf, m, &[c"keepalive", c"1"]) }.map(|init| (m.ctx_index, Some(init)))
-        });
-        let ip_hash = find_module(cf, c"ngx_http_upstream_ip_hash_module")
-            .and_then(|m| unsafe { probe(cf, m, &[c"ip_hash"]) });
-        let random = find_module(cf, c"ngx_http_upstream_random_module")
-            .and_then(|m| unsafe { probe(cf, m, &[c"random"]) });
+        let mut probe_module = |name: &CStr, args: &[&'static CStr]| {
+            let module = find_module(cf, name)?;
+            // SAFETY: `cf` is the http configuration in postconfiguration (our caller's promise).
+            let init = unsafe { probe(cf, module, args) }?;
+            Some((module.ctx_index, init))
+        };
+        let keepalive = probe_module(c"ngx_http_upstream_keepalive_module", &[c"keepalive", c"1"])
+            .map(|(index, init)| (index, Some(init)));
+        let ip_hash = probe_module(c"ngx_http_upstream_ip_hash_module", &[c"ip_hash"]).map(|p| p.1);
+        let random = probe_module(c"ngx_http_upstream_random_module", &[c"random"]).map(|p| p.1);
         Probe { hash, keepalive, ip_hash, random }
     }
 

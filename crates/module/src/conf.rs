@@ -74,7 +74,7 @@ pub unsafe fn upstream_conf<'a>(uscf: *const ngx_http_upstream_srv_conf_t) -> &'
     // SAFETY: explicit upstreams have a server configuration for every http module, ours
     // created by `create_srv_conf`.
     unsafe {
-        let index = (*(&raw const MODULE)).ctx_index;
+        let index = MODULE.ctx_index;
         &mut *(*(*uscf).srv_conf.add(index) as *mut UpstreamConf)
     }
 }

@@ -154,8 +154,8 @@ impl ErrorBuf {
             return NGX_ERROR as c_int;
         }
         // SAFETY: the Lua wrapper passes a buffer of `*len` bytes and a valid `size_t *`.
-        let mut cut =
-            Cut { buf: unsafe { slice::from_raw_parts_mut(self.buf, *self.len) }, used: 0 };
+        let buf = unsafe { slice::from_raw_parts_mut(self.buf, *self.len) };
+        let mut cut = Cut { buf, used: 0 };
         let _ = write!(cut, "{err}");
         // SAFETY: as above.
         unsafe { *self.len = cut.used };
