@@ -3,6 +3,8 @@
 #   make demo   install what is missing, build, start a demo nginx on 127.0.0.1:8080
 #   make test   install what is missing, build, lint, run every test
 #   make asan   run the integration tests with an AddressSanitizer build of the module
+#   make nginx-1.28   build nginx 1.28 with the lua and ndk modules under build/nginx-1.28
+#   make module-1.28  build the module for that nginx (build/nginx-1.28/modules/)
 
 NGINX          ?= /usr/sbin/nginx
 NGINX_SRC      ?= /usr/share/nginx/src
@@ -13,7 +15,14 @@ CARGO          ?= cargo
 
 export NGINX_BUILD_DIR := $(abspath $(NGINX_TREE))/objs
 
-.PHONY: all deps nginx-tree module demo demo-stop test unit integration lint asan clean
+# nginx 1.28, built from source by scripts/build-nginx-1.28.sh (its own target dir for cargo, so the
+# two builds do not invalidate each other's bindings).
+NGINX_128_PREFIX := build/nginx-1.28
+NGINX_128_TREE   := build/nginx-1.28-src
+MODULE_128       := $(NGINX_128_PREFIX)/modules/ngx_http_lua_dynamic_upstream_module.so
+
+.PHONY: all deps nginx-tree module demo demo-stop test unit integration lint asan clean \
+	nginx-1.28 module-1.28
 
 all: module
 
@@ -52,6 +61,15 @@ lint: nginx-tree
 # The integration tests with an AddressSanitizer build of the module (see scripts/asan.sh).
 asan: nginx-tree
 	scripts/asan.sh
+
+nginx-1.28:
+	@scripts/build-nginx-1.28.sh
+
+module-1.28: deps nginx-1.28
+	NGINX_BUILD_DIR=$(abspath $(NGINX_128_TREE))/objs CARGO_TARGET_DIR=target/nginx-1.28 \
+		$(CARGO) build --release -p ngx-http-lua-dynamic-upstream
+	@cp target/nginx-1.28/release/libngx_http_lua_dynamic_upstream_module.so $(MODULE_128)
+	@echo "built $(MODULE_128) for $$($(NGINX_128_PREFIX)/sbin/nginx -v 2>&1)"
 
 clean:
 	$(CARGO) clean

@@ -155,7 +155,11 @@ local function fill_options(fname, pos, opts, allowed)
     for k, v in pairs(opts) do
         local want = allowed[k]
         if not want then
-            return "unknown option \"" .. tostring(k) .. "\""
+            local name = tostring(k)
+            if #name > 128 then
+                name = name:sub(1, 128) .. "..."
+            end
+            return "unknown option \"" .. name .. "\""
         end
         if type(v) ~= want then
             error("bad argument #" .. pos .. " to '" .. fname .. "' (option \"" .. k .. "\" must be a "
@@ -188,6 +192,9 @@ local _M = { version = "0.1.0" }
 function _M.add_peer(target, server, opts, ...)
     check_string("add_peer", 1, target)
     check_string("add_peer", 2, server)
+    if type(opts) == "table" and select("#", ...) > 0 then
+        error("bad argument #4 to 'add_peer' (no value expected after the options table)", 2)
+    end
     if type(opts) ~= "table" and (opts ~= nil or select("#", ...) > 0) then
         -- The positional form: each argument checked for its own type.
         local max_fails, fail_timeout, down = ...

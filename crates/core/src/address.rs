@@ -66,7 +66,7 @@ pub const MAX_UNIX_PATH_LEN: usize = 107;
 const ECHO_LIMIT: usize = 128;
 
 /// A validated `server` string: where to connect, and the peer's identity.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerAddress {
     server: String,
     name: String,
@@ -332,7 +332,7 @@ impl std::error::Error for AddressError {}
 /// The refused input as it appears between quotes in an error: printable ASCII as is, `"` and
 /// `\` escaped, every other byte as `\xNN` (so neither a terminal nor a log parser sees raw
 /// control or invalid UTF-8 bytes), cut after [`ECHO_LIMIT`] bytes with `...`.
-fn echo(input: &[u8]) -> String {
+pub(crate) fn echo(input: &[u8]) -> String {
     let mut out = String::new();
     for &b in input.iter().take(ECHO_LIMIT) {
         match b {

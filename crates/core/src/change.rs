@@ -30,6 +30,9 @@ pub enum ChangeError {
         upstream: String,
         balancer: Balancer,
     },
+    /// Built for nginx >= 1.27.3, whose peer lifecycle (references, `zombie`, configuration
+    /// counter) this module does not follow yet.
+    ModernNginx,
     /// This worker is shutting down (reload or stop): its zone is about to be dropped, so a change
     /// made here would be lost.
     Exiting,
@@ -60,6 +63,10 @@ impl fmt::Display for ChangeError {
                 "backup peers are not supported for upstream \"{upstream}\": \
                  its balancer ({}) has no backup list",
                 balancer.directive()
+            ),
+            ChangeError::ModernNginx => f.write_str(
+                "runtime peer changes are not supported on nginx >= 1.27.3 yet: this module does \
+                 not follow its peer reference counts; list and describe functions work",
             ),
             ChangeError::Exiting => f.write_str(
                 "this nginx worker is shutting down (reload or stop): the change was not made",

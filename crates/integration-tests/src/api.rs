@@ -149,14 +149,87 @@ impl Nginx {
     }
 }
 
-/// A Lua string literal holding `text` exactly (a long bracket string whose level is chosen so
-/// that `text` cannot close it; a leading newline is doubled because Lua drops the first one).
-pub fn lua_string(text: &str) -> String {
-    let mut level = 0;
-    while text.contains(&format!("]{}]", "=".repeat(level))) {
-        level += 1;
+/// A peer as `show(describe_zone(...))` prints it, for building expected output: field name to
+/// `<type> <value>`. [`ExpectedPeer::new`] is a peer with nginx's defaults before any traffic,
+/// as `server <addr>;` configures it or `add_peer(target, addr)` adds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedPeer {
+    fields: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl ExpectedPeer {
+    /// A peer whose `name` and `server` are both `addr`, with default settings.
+    pub fn new(addr: &str) -> ExpectedPeer {
+        ExpectedPeer::named(addr, addr)
     }
-    let eq = "=".repeat(level);
-    let newline = if text.starts_with('\n') { "\n" } else { "" };
-    format!("[{eq}[{newline}{text}]{eq}]")
+
+    /// A peer named `name` (nginx's text of its address) configured as `server`.
+    pub fn named(name: &str, server: &str) -> ExpectedPeer {
+        let number = |n: u32| format!("number {n}");
+        let fields = [
+            ("name", format!("string {name}")),
+            ("server", format!("string {server}")),
+            ("weight", number(1)),
+            ("current_weight", number(0)),
+            ("effective_weight", number(1)),
+            ("max_fails", number(1)),
+            ("fail_timeout", number(10)),
+            ("fails", number(0)),
+            ("max_conns", number(0)),
+            ("conns", number(0)),
+            ("accessed", number(0)),
+            ("checked", number(0)),
+        ];
+        ExpectedPeer { fields: fields.into_iter().collect() }
+    }
+
+    /// Sets a numeric field; `weight` sets `effective_weight` too, as a new weight does.
+    pub fn set(mut self, field: &'static str, value: u32) -> ExpectedPeer {
+        self.fields.insert(field, format!("number {value}"));
+        if field == "weight" {
+            self.fields.insert("effective_weight", format!("number {value}"));
+        }
+        self
+    }
+
+    /// Sets or clears `down` (present and true only when down).
+    pub fn down(mut self, down: bool) -> ExpectedPeer {
+        if down {
+            self.fields.insert("down", "boolean true".into());
+        } else {
+            self.fields.remove("down");
+        }
+        self
+    }
+
+    /// Marks it a backup peer.
+    pub fn backup(mut self) -> ExpectedPeer {
+        self.fields.insert("backup", "boolean true".into());
+        self
+    }
+
+    /// What `show(peers)` prints for these peers, in this order.
+    pub fn show(peers: &[ExpectedPeer]) -> String {
+        let mut text = String::new();
+        for (i, peer) in peers.iter().enumerate() {
+            for (key, value) in &peer.fields {
+                text.push_str(&format!("{}.{key}: {value}\n", i + 1));
+            }
+        }
+        if peers.is_empty() {
+            text.push_str("{}\n");
+        }
+        text
+    }
+}
+
+/// `show()` output as a map from key path (e.g. `2.fails`) to `<type> <value>`.
+pub fn parse_show(body: &str) -> std::collections::BTreeMap<String, String> {
+    body.lines()
+        .map(|line| {
+            let (path, value) =
+                line.split_once(": ").unwrap_or_else(|| panic!("bad line {line:?} in:\n{body}"));
+            (path.to_owned(), value.to_owned())
+        })
+        .collect()
 }

@@ -10,6 +10,9 @@
 //! - [`Backend`] is a keep-alive HTTP/1.1 server on loopback to proxy to.
 //! - [`Load`] sends requests from many keep-alive clients at once, bounded by count and time.
 //! - [`lua_server`] wraps a Lua snippet into a `location = /t` for [`Nginx::get_ok`].
+//! - [`eval_server`] runs each Lua snippet posted to `/eval` ([`Nginx::eval`]), with helpers to
+//!   print results and zone states ([`EVAL_PRELUDE`]) and [`ExpectedPeer`] to build expected
+//!   `describe_zone` output: many API calls against one nginx, each in its own request.
 //!
 //! Where nginx, our module and the lua modules live comes from the environment ([`Settings`]),
 //! so the same tests run against Debian's nginx and a project-built one.
@@ -24,7 +27,7 @@ mod ports;
 mod process;
 mod settings;
 
-pub use api::{eval_server, lua_string, post, Evaluated, EVAL_CHUNK, EVAL_PRELUDE};
+pub use api::{eval_server, parse_show, post, Evaluated, ExpectedPeer, EVAL_CHUNK, EVAL_PRELUDE};
 pub use backend::Backend;
 pub use http::{get, read_response, Headers, Response};
 pub use load::{Failure, Load, LoadReport, LoadSpec};

@@ -4,19 +4,21 @@
 
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::AtomicUsize;
 
 use dynamic_upstream_core::balancer::Balancer;
 use nginx_sys::{
     ngx_conf_t, ngx_cycle_t, ngx_http_conf_ctx_t, ngx_http_upstream_init_peer_pt,
     ngx_http_upstream_main_conf_t, ngx_http_upstream_module, ngx_http_upstream_rr_peer_t,
     ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_error_core,
-    ngx_pcalloc, ngx_uint_t, NGX_ERROR, NGX_HTTP_UPSTREAM_CREATE, NGX_LOG_EMERG, NGX_OK,
+    ngx_pcalloc, ngx_uint_t, NGX_HTTP_UPSTREAM_CREATE, NGX_LOG_ERR, NGX_OK,
 };
 
 use crate::balancer::Probe;
 use crate::locks::PeersGuard;
 use crate::ngx_http_lua_dynamic_upstream_module as MODULE;
 use crate::slab::SlabGuard;
+use crate::state_file::{self, StateFile};
 
 /// Per-upstream state shared by all workers, allocated in the upstream's own zone.
 ///
@@ -32,6 +34,9 @@ pub struct SharedState {
     /// Removed peers whose memory is given back once no request uses them (see `peers.rs`),
     /// linked through `next`.
     pub graveyard: [*mut ngx_http_upstream_rr_peer_t; 2],
+    /// Set (by the master, in init_module of a reload) once a newer configuration has read this
+    /// upstream's state file: changes made here from then on would be lost, so they are refused.
+    pub superseded: AtomicUsize,
 }
 
 /// The module's configuration of one `upstream {}` block.
@@ -41,6 +46,8 @@ pub struct UpstreamConf {
     pub original_init_peer: ngx_http_upstream_init_peer_pt,
     /// Set at init_module for zoned upstreams.
     pub shared: *mut SharedState,
+    /// `dynamic_state_file`, if configured.
+    pub state: *mut StateFile,
 }
 
 /// Most peers one list is sized for. Each request pays for a bitmap of `capacity` bits.
@@ -60,6 +67,7 @@ pub extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
                 balancer: Balancer::Other,
                 original_init_peer: None,
                 shared: ptr::null_mut(),
+                state: ptr::null_mut(),
             })
         };
     }
@@ -132,7 +140,9 @@ pub extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 }
 
 /// Sets up each zoned upstream's shared state. Runs in the master after the zones were created
-/// and filled by nginx, before any worker exists.
+/// and filled by nginx, before any worker exists, once the configuration is committed. nginx
+/// exits if this fails, even on a reload, so nothing here fails: an upstream whose state cannot
+/// be set up is left unmanaged (its API calls answer with an error).
 pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the new, fully configured cycle.
     unsafe {
@@ -147,13 +157,18 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             if init_upstream(uscf).is_err() {
                 let zone = &(*(*uscf).shm_zone).shm.name;
                 ngx_log_error_core(
-                    NGX_LOG_EMERG as ngx_uint_t,
+                    NGX_LOG_ERR as ngx_uint_t,
                     (*cycle).log,
                     0,
-                    c"no memory in upstream zone \"%V\" for ngx.dynamic's state".as_ptr(),
+                    c"no memory in upstream zone \"%V\" for ngx.dynamic: its peers cannot be changed".as_ptr(),
                     zone,
                 );
-                return NGX_ERROR as ngx_int_t;
+            }
+            let state = upstream_conf(uscf).state;
+            if !state.is_null() {
+                state_file::supersede_running(cycle, uscf);
+                // The running generation is marked: its workers may take the lock now.
+                (*state).reading_lock = None;
             }
         }
     }
@@ -183,7 +198,12 @@ unsafe fn init_upstream(uscf: *mut ngx_http_upstream_srv_conf_t) -> Result<(), (
         let count = [list_len(primary), if backup.is_null() { 0 } else { list_len(backup) }];
         let by_zone = (zone_size / MIN_PEER_BYTES).clamp(64, MAX_CAPACITY);
         let capacity = by_zone.max(count[0]).max(count[1]).next_multiple_of(64);
-        shared.write(SharedState { count, capacity, graveyard: [ptr::null_mut(); 2] });
+        shared.write(SharedState {
+            count,
+            capacity,
+            graveyard: [ptr::null_mut(); 2],
+            superseded: AtomicUsize::new(0),
+        });
 
         if crate::request::wraps(conf.balancer) {
             let _lock = PeersGuard::write(primary);

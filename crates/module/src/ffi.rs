@@ -19,9 +19,11 @@ use dynamic_upstream_core::address::{AddressError, ServerAddress};
 use dynamic_upstream_core::options::{OptionError, PeerOptions};
 
 use crate::bytes;
+use crate::conf::upstream_conf;
 use crate::locks::PeersGuard;
 use crate::output::{Output, StrRef};
 use crate::peers;
+use crate::state_file::{self, PersistError};
 use crate::upstreams::{LookupError, Upstreams, ZonedUpstream};
 
 /// Everything an API call can answer with instead of a result.
@@ -30,6 +32,7 @@ enum ApiError {
     Address(AddressError),
     Option(OptionError),
     Peers(peers::Error),
+    Persist(PersistError<peers::Error>),
 }
 
 impl fmt::Display for ApiError {
@@ -39,6 +42,7 @@ impl fmt::Display for ApiError {
             ApiError::Address(e) => e.fmt(f),
             ApiError::Option(e) => e.fmt(f),
             ApiError::Peers(e) => e.fmt(f),
+            ApiError::Persist(e) => e.fmt(f),
         }
     }
 }
@@ -295,6 +299,26 @@ unsafe fn upstream_and_server(
     Ok((upstream, addr))
 }
 
+/// Makes a change; for an upstream with a state file, saves its new state too.
+fn change(
+    upstream: &ZonedUpstream,
+    make: impl FnOnce() -> Result<(), peers::Error>,
+) -> Result<c_int, ApiError> {
+    // SAFETY: the explicit upstream `resolve` found.
+    let conf = unsafe { upstream_conf(upstream.conf) };
+    if conf.state.is_null() {
+        make()?;
+    } else {
+        // SAFETY: the state file configuration lives as long as the cycle.
+        let state = unsafe { &*conf.state };
+        state_file::persist(state, conf.shared, &upstream.name_text(), make, || {
+            peers::snapshot(upstream)
+        })
+        .map_err(ApiError::Persist)?;
+    }
+    Ok(NGX_OK as c_int)
+}
+
 /// Adds a peer (`add_peer`).
 ///
 /// # Safety
@@ -317,8 +341,7 @@ pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_add_peer(
         // SAFETY: as documented above.
         let (upstream, addr) =
             unsafe { upstream_and_server(target, target_len, server, server_len)? };
-        peers::add_peer(&upstream, &addr, &options.with_defaults())?;
-        Ok(NGX_OK as c_int)
+        change(&upstream, || peers::add_peer(&upstream, &addr, &options.with_defaults()))
     })
 }
 
@@ -340,8 +363,7 @@ pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_remove_peer(
         // SAFETY: as documented above.
         let (upstream, addr) =
             unsafe { upstream_and_server(target, target_len, server, server_len)? };
-        peers::remove_peer(&upstream, &addr)?;
-        Ok(NGX_OK as c_int)
+        change(&upstream, || peers::remove_peer(&upstream, &addr))
     })
 }
 
@@ -366,8 +388,7 @@ pub unsafe extern "C" fn ngx_dynamic_upstream_ffi_update_peer(
         // SAFETY: as documented above.
         let (upstream, addr) =
             unsafe { upstream_and_server(target, target_len, server, server_len)? };
-        peers::update_peer(&upstream, &addr, &options)?;
-        Ok(NGX_OK as c_int)
+        change(&upstream, || peers::update_peer(&upstream, &addr, &options))
     })
 }
 

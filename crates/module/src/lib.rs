@@ -9,36 +9,72 @@ mod bytes;
 mod conf;
 mod ffi;
 mod locks;
+mod log;
 mod lua;
 mod output;
 mod peers;
 mod request;
 mod slab;
+mod state_file;
 mod upstreams;
 
+use core::ffi::c_char;
 use core::ptr;
 
-use nginx_sys::{ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE};
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
+    NGX_CONF_TAKE1, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+};
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(preconfiguration),
     postconfiguration: Some(conf::postconfiguration),
     create_main_conf: None,
-    init_main_conf: None,
+    init_main_conf: Some(state_file::init_main_conf),
     create_srv_conf: Some(conf::create_srv_conf),
     merge_srv_conf: None,
     create_loc_conf: None,
     merge_loc_conf: None,
 };
 
-// The `ngx_modules` table that `load_module` looks for in a dynamic module.
-ngx::ngx_modules!(ngx_http_lua_dynamic_upstream_module);
+static mut COMMANDS: [ngx_command_t; 2] = [
+    ngx_command_t {
+        name: ngx::ngx_string!("dynamic_state_file"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(state_file::set_state_file),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+// The tables `load_module` looks for in a dynamic module. The order puts this module before
+// ngx_http_upstream_module, so that its init_main_conf (which puts state-file servers in place)
+// runs before nginx builds the upstreams' peer lists.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_modules: [*const ngx_module_t; 2] =
+    [&raw const ngx_http_lua_dynamic_upstream_module, ptr::null()];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_names: [*const c_char; 2] =
+    [c"ngx_http_lua_dynamic_upstream_module".as_ptr(), ptr::null()];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_order: [*const c_char; 3] = [
+    c"ngx_http_lua_dynamic_upstream_module".as_ptr(),
+    c"ngx_http_upstream_module".as_ptr(),
+    ptr::null(),
+];
 
 #[used]
 #[allow(non_upper_case_globals)]
 pub static mut ngx_http_lua_dynamic_upstream_module: ngx_module_t = ngx_module_t {
     ctx: &raw const MODULE_CTX as _,
-    commands: ptr::null_mut(),
+    commands: &raw mut COMMANDS as *mut ngx_command_t,
     type_: NGX_HTTP_MODULE as _,
     init_module: Some(conf::init_module),
     ..ngx_module_t::default()

@@ -55,19 +55,7 @@ fn has_module(cf: &ngx_conf_t, name: &CStr) -> bool {
 /// Registers the `ngx.dynamic` preloader, or logs once why the API is unavailable.
 pub fn register_preload(cf: &mut ngx_conf_t) {
     if let Err(reason) = try_register(cf) {
-        let msg = format!("ngx.dynamic is unavailable: {reason}");
-        // SAFETY: `cf` is the configuration being parsed; the message is passed as a "%*s"
-        // argument so nginx never interprets it as a format string.
-        unsafe {
-            nginx_sys::ngx_conf_log_error(
-                NGX_LOG_WARN as _,
-                cf,
-                0,
-                c"%*s".as_ptr(),
-                msg.len(),
-                msg.as_ptr(),
-            );
-        }
+        crate::log::conf(cf, NGX_LOG_WARN, &format!("ngx.dynamic is unavailable: {reason}"));
     }
 }
 

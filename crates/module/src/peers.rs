@@ -14,10 +14,11 @@
 
 use core::ptr;
 
-use dynamic_upstream_core::address::{names_peer, Endpoint, ServerAddress};
+use dynamic_upstream_core::address::{names_peer, AddressError, Endpoint, ServerAddress};
 use dynamic_upstream_core::balancer::{check_legacy, Change, Refused};
 use dynamic_upstream_core::change::ChangeError;
 use dynamic_upstream_core::options::{PeerSettings, ValidOptions};
+use dynamic_upstream_core::state_file::StatePeer;
 use nginx_sys::{
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_uint_t, time_t,
 };
@@ -67,6 +68,9 @@ struct Target<'a> {
 
 impl<'a> Target<'a> {
     fn new(upstream: &'a ZonedUpstream, change: Change) -> Result<Self, Error> {
+        if cfg!(ngx_peer_refs) {
+            return Err(ChangeError::ModernNginx.into());
+        }
         // SAFETY: nginx sets ngx_exiting/ngx_quit in this worker's own memory.
         if unsafe { nginx_sys::ngx_exiting != 0 || nginx_sys::ngx_quit != 0 } {
             return Err(ChangeError::Exiting.into());
@@ -218,7 +222,8 @@ struct NewPeer {
     backup_list: *mut ngx_http_upstream_rr_peers_t,
 }
 
-fn sockaddr_bytes(endpoint: &Endpoint) -> Vec<u8> {
+/// The `sockaddr` nginx connects to for an endpoint, as bytes (its length is the `socklen`).
+pub fn sockaddr_bytes(endpoint: &Endpoint) -> Vec<u8> {
     // SAFETY: zeroed sockaddr structures are valid; the bytes are copied out as is.
     unsafe {
         fn raw<T>(v: &T) -> Vec<u8> {
@@ -365,7 +370,19 @@ pub fn add_peer(
         .into());
     }
     // SAFETY: a live zoned upstream.
-    let new = unsafe { NewPeer::new(&target, addr, settings)? };
+    let new = match unsafe { NewPeer::new(&target, addr, settings) } {
+        Ok(new) => new,
+        // A full zone must not hide that the peer is there already (callers retry on "exists").
+        Err(e) if target.lock_all().find(addr).is_some() => {
+            drop(e);
+            return Err(ChangeError::Exists {
+                peer: addr.name().to_owned(),
+                upstream: target.upstream_text(),
+            }
+            .into());
+        }
+        Err(e) => return Err(e),
+    };
     let mut unused_backup_list = new.backup_list;
 
     let result = {
@@ -474,8 +491,9 @@ pub fn update_peer(
             p.max_conns = v as ngx_uint_t;
         }
         if let Some(down) = options.down() {
-            if !down && p.down != 0 {
-                // Back up: forget the failures that may have led to it being taken down.
+            if !down {
+                // Up: forget past failures too, so the peer gets traffic at once even if nginx
+                // had taken it out after max_fails.
                 p.fails = 0;
             }
             p.down = down.into();
@@ -495,5 +513,73 @@ pub fn zone_usage(upstream: &ZonedUpstream) -> Result<(usize, usize), Error> {
         let slab = SlabGuard::lock((*target.primary).shpool);
         locked.reap(&mut *target.shared, &slab);
         Ok((upstream.zone_size, slab.free_bytes()))
+    }
+}
+
+/// The upstream's peers as its state file records them: primary peers, then backup peers.
+///
+/// Meant to run while the state file's lock serialises the upstream's changes, so the list sizes
+/// read first stay valid: everything is reserved before the read locks are taken, and nothing
+/// under them allocates.
+///
+/// Fails (rather than leave a peer out) if a peer's name is not an address the file can hold,
+/// such as a configured unix socket path with a space in it.
+pub fn snapshot(upstream: &ZonedUpstream) -> Result<Vec<StatePeer>, AddressError> {
+    // SAFETY: `conf` is the explicit upstream `resolve` found.
+    let shared = unsafe { upstream_conf(upstream.conf).shared };
+    if shared.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the counts are only changed under the state file's lock, which the caller holds.
+    let n = unsafe { (*shared).count[PRIMARY] + (*shared).count[BACKUP] };
+    let mut records: Vec<(usize, usize, PeerSettings)> = Vec::with_capacity(n);
+    let mut names: Vec<u8> = Vec::with_capacity(n * MAX_NAME_LEN);
+    {
+        // SAFETY: the live zoned primary list.
+        let _primary = unsafe { PeersGuard::read(upstream.peers) };
+        // SAFETY: read under the primary lock; a linked backup list stays.
+        let backup = unsafe { (*upstream.peers).next };
+        // SAFETY: the backup list lives in the same zone.
+        let _backup = (!backup.is_null()).then(|| unsafe { PeersGuard::read(backup) });
+        for (list, peers) in [(PRIMARY, upstream.peers), (BACKUP, backup)] {
+            if peers.is_null() {
+                continue;
+            }
+            // SAFETY: the list is read-locked.
+            let mut peer = unsafe { (*peers).peer };
+            while !peer.is_null() {
+                // SAFETY: as above.
+                let p = unsafe { &*peer };
+                // SAFETY: the name lives in the peer.
+                let name = unsafe { bytes::ngx_str(&p.name) };
+                let fits = records.len() < records.capacity()
+                    && names.len() + name.len() <= names.capacity();
+                if fits {
+                    records.push((names.len(), name.len(), settings_of(p, list == BACKUP)));
+                    names.extend_from_slice(name);
+                }
+                peer = p.next;
+            }
+        }
+    }
+    records
+        .into_iter()
+        .map(|(off, len, settings)| {
+            Ok(StatePeer { address: ServerAddress::parse(&names[off..off + len])?, settings })
+        })
+        .collect()
+}
+
+/// The longest peer name nginx writes (`NGX_SOCKADDR_STRLEN`).
+const MAX_NAME_LEN: usize = 113;
+
+fn settings_of(p: &ngx_http_upstream_rr_peer_t, backup: bool) -> PeerSettings {
+    PeerSettings {
+        weight: p.weight as u32,
+        max_fails: p.max_fails as u32,
+        fail_timeout: p.fail_timeout as u32,
+        max_conns: p.max_conns as u32,
+        down: p.down != 0,
+        backup,
     }
 }

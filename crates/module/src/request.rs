@@ -23,9 +23,10 @@ use nginx_sys::{
 
 use crate::conf::upstream_conf;
 
-/// Does this balancer's upstream get the wrapper? Those whose peers can be removed do.
+/// Does this balancer's upstream get the wrapper (and a capacity-sized `number`)? Those whose
+/// peers can be removed do, on nginx < 1.27.3; newer nginx copies the name itself.
 pub fn wraps(balancer: Balancer) -> bool {
-    check_legacy(b"", balancer, Change::RemovePeer).is_ok()
+    !cfg!(ngx_peer_refs) && check_legacy(b"", balancer, Change::RemovePeer).is_ok()
 }
 
 /// The wrapped balancer's callbacks and data, in the request pool.

@@ -24,10 +24,20 @@ impl SlabGuard {
         SlabGuard { pool }
     }
 
-    /// Zeroed memory from the zone, or NULL when the zone is full (nginx logs that itself).
+    /// Zeroed memory from the zone, or NULL when the zone is full. A full zone is the caller's
+    /// answer to give (`no memory in upstream zone`), not a critical error for nginx's log, so
+    /// the slab's own message is silenced for this allocation, as nginx's limit_req does.
     pub fn calloc(&self, size: usize) -> *mut u8 {
-        // SAFETY: the pool mutex is held by this guard.
-        unsafe { ngx_slab_calloc_locked(self.pool, size).cast() }
+        // SAFETY: the pool mutex is held by this guard, so no other allocation can see the
+        // flag changed.
+        unsafe {
+            let pool = &mut *self.pool;
+            let log_nomem = pool.log_nomem();
+            pool.set_log_nomem(0);
+            let p = ngx_slab_calloc_locked(self.pool, size).cast();
+            pool.set_log_nomem(log_nomem);
+            p
+        }
     }
 
     /// Gives memory back to the zone; NULL is ignored.
