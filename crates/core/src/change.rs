@@ -21,7 +21,8 @@ pub enum ChangeError {
     NoMemory {
         zone: String,
     },
-    /// The list holds as many peers as the per-request bookkeeping was sized for at startup.
+    /// The upstream holds as many peers (both lists together) as its per-request bookkeeping and
+    /// index were sized for at startup.
     Full {
         upstream: String,
         capacity: usize,
@@ -55,7 +56,7 @@ impl fmt::Display for ChangeError {
             ChangeError::NoMemory { zone } => write!(f, "no memory in upstream zone \"{zone}\""),
             ChangeError::Full { upstream, capacity } => write!(
                 f,
-                "upstream \"{upstream}\" is full: it can hold {capacity} peers per list \
+                "upstream \"{upstream}\" is full: it can hold {capacity} peers \
                  (a larger zone gives more room)"
             ),
             ChangeError::BackupUnsupported { upstream, balancer } => write!(

@@ -15,6 +15,7 @@ use nginx_sys::{
 };
 
 use crate::balancer::Probe;
+use crate::index::PeerIndex;
 use crate::locks::PeersGuard;
 use crate::ngx_http_lua_dynamic_upstream_module as MODULE;
 use crate::slab::SlabGuard;
@@ -25,8 +26,8 @@ use crate::state_file::{self, StateFile};
 /// nginx sizes each request's `tried` bitmap from `peers->number`, so a list that grew while a
 /// request was between tries would have that request write past its bitmap. `number` is
 /// therefore set once, at startup, to `capacity` (a multiple of 64), and the real sizes are kept
-/// here. Every field is guarded by the write lock of the list it describes (index 0: primary,
-/// 1: backup).
+/// here; both lists together hold at most `capacity` peers. Every field is guarded by the write
+/// lock of the list it describes (index 0: primary, 1: backup), the index by both.
 #[repr(C)]
 pub struct SharedState {
     pub count: [usize; 2],
@@ -37,6 +38,10 @@ pub struct SharedState {
     /// Set (by the master, in init_module of a reload) once a newer configuration has read this
     /// upstream's state file: changes made here from then on would be lost, so they are refused.
     pub superseded: AtomicUsize,
+    /// The last peer of each list, where `add_peer` appends.
+    pub tail: [*mut ngx_http_upstream_rr_peer_t; 2],
+    /// Both lists' peers by name.
+    pub index: PeerIndex,
 }
 
 /// The module's configuration of one `upstream {}` block.
@@ -154,7 +159,10 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         let umcf = *(*http).main_conf.add(ngx_http_upstream_module.ctx_index)
             as *const ngx_http_upstream_main_conf_t;
         for uscf in zoned_upstreams(umcf) {
-            if init_upstream(uscf).is_err() {
+            // Upstreams sharing a zone share its room.
+            let zone = (*uscf).shm_zone;
+            let sharing = zoned_upstreams(umcf).filter(|&u| (*u).shm_zone == zone).count();
+            if init_upstream(uscf, sharing).is_err() {
                 let zone = &(*(*uscf).shm_zone).shm.name;
                 ngx_log_error_core(
                     NGX_LOG_ERR as ngx_uint_t,
@@ -177,8 +185,12 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 /// # Safety
 /// `uscf` must be a zoned upstream of the cycle being initialised, its zone filled by nginx.
-unsafe fn init_upstream(uscf: *mut ngx_http_upstream_srv_conf_t) -> Result<(), ()> {
-    // SAFETY: the zone module replaced `peer.data` with the lists it copied into the zone.
+unsafe fn init_upstream(
+    uscf: *mut ngx_http_upstream_srv_conf_t,
+    upstreams_in_zone: usize,
+) -> Result<(), ()> {
+    // SAFETY: the zone module replaced `peer.data` with the lists it copied into the zone; no
+    // worker exists yet, and the locks are taken anyway, as everywhere else.
     unsafe {
         let conf = upstream_conf(uscf);
         let primary = (*uscf).peer.data as *mut ngx_http_upstream_rr_peers_t;
@@ -187,32 +199,49 @@ unsafe fn init_upstream(uscf: *mut ngx_http_upstream_srv_conf_t) -> Result<(), (
         }
         let backup = (*primary).next;
         let zone_size = (*(*uscf).shm_zone).shm.size;
+        let lists = [primary, backup];
+        let count = lists.map(|l| if l.is_null() { 0 } else { list_len(l) });
+        let by_zone =
+            (zone_size / MIN_PEER_BYTES / upstreams_in_zone.max(1)).clamp(64, MAX_CAPACITY);
+        let capacity = by_zone.max(count[0] + count[1]).next_multiple_of(64);
 
-        let shared = {
+        let (shared, slots) = {
             let slab = SlabGuard::lock((*primary).shpool);
-            slab.calloc(core::mem::size_of::<SharedState>()) as *mut SharedState
+            let shared = slab.calloc(size_of::<SharedState>()) as *mut SharedState;
+            let slots = slab.calloc(PeerIndex::slots_for(capacity) * size_of::<usize>());
+            if shared.is_null() || slots.is_null() {
+                slab.free(shared);
+                slab.free(slots);
+                return Err(());
+            }
+            (shared, slots as *mut usize)
         };
-        if shared.is_null() {
-            return Err(());
+        let index = PeerIndex::new(slots, capacity);
+        let _lock = PeersGuard::write(primary);
+        let _backup_lock = (!backup.is_null()).then(|| PeersGuard::write(backup));
+        let mut tail = [ptr::null_mut(); 2];
+        for (list, &peers) in lists.iter().enumerate() {
+            if peers.is_null() {
+                continue;
+            }
+            let mut peer = (*peers).peer;
+            while !peer.is_null() {
+                index.insert(peer, list == 1);
+                tail[list] = peer;
+                peer = (*peer).next;
+            }
+            if crate::request::wraps(conf.balancer) {
+                (*peers).number = capacity;
+            }
         }
-        let count = [list_len(primary), if backup.is_null() { 0 } else { list_len(backup) }];
-        let by_zone = (zone_size / MIN_PEER_BYTES).clamp(64, MAX_CAPACITY);
-        let capacity = by_zone.max(count[0]).max(count[1]).next_multiple_of(64);
         shared.write(SharedState {
             count,
             capacity,
             graveyard: [ptr::null_mut(); 2],
             superseded: AtomicUsize::new(0),
+            tail,
+            index,
         });
-
-        if crate::request::wraps(conf.balancer) {
-            let _lock = PeersGuard::write(primary);
-            (*primary).number = capacity;
-            if !backup.is_null() {
-                let _backup_lock = PeersGuard::write(backup);
-                (*backup).number = capacity;
-            }
-        }
         conf.shared = shared;
         Ok(())
     }

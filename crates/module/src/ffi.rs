@@ -455,9 +455,13 @@ unsafe fn copy_peers(
     unsafe {
         let mut peer = (*peers).peer;
         while let Some(p) = peer.as_ref() {
+            let (name, server) = (bytes::ngx_str(&p.name), bytes::ngx_str(&p.server));
+            let name_ref = out.string(name);
+            // Usually the same text: one copy, and one Lua string for both fields.
+            let server_ref = if server == name { name_ref } else { out.string(server) };
             let record = PeerRecord {
-                name: out.string(bytes::ngx_str(&p.name)),
-                server: out.string(bytes::ngx_str(&p.server)),
+                name: name_ref,
+                server: server_ref,
                 weight: p.weight as f64,
                 current_weight: p.current_weight as f64,
                 effective_weight: p.effective_weight as f64,

@@ -8,6 +8,7 @@ mod balancer;
 mod bytes;
 mod conf;
 mod ffi;
+mod index;
 mod locks;
 mod log;
 mod lua;

@@ -14,7 +14,7 @@
 
 use core::ptr;
 
-use dynamic_upstream_core::address::{names_peer, AddressError, Endpoint, ServerAddress};
+use dynamic_upstream_core::address::{AddressError, Endpoint, ServerAddress};
 use dynamic_upstream_core::balancer::{check_legacy, Change, Refused};
 use dynamic_upstream_core::change::ChangeError;
 use dynamic_upstream_core::options::{PeerSettings, ValidOptions};
@@ -113,58 +113,76 @@ struct Locked {
     _locks: (PeersGuard, Option<PeersGuard>),
 }
 
-/// A peer found in a locked list, with its predecessor for unlinking.
+/// A peer found in a locked list.
 struct Found {
     list: usize,
-    prev: *mut ngx_http_upstream_rr_peer_t,
     peer: *mut ngx_http_upstream_rr_peer_t,
 }
 
 impl Locked {
-    fn find(&self, addr: &ServerAddress) -> Option<Found> {
-        for (list, &peers) in self.lists.iter().enumerate() {
-            if peers.is_null() {
-                continue;
-            }
-            let mut prev = ptr::null_mut();
-            // SAFETY: the list is write-locked, so its links and names are stable.
-            unsafe {
-                let mut peer = (*peers).peer;
-                while !peer.is_null() {
-                    if names_peer(bytes::ngx_str(&(*peer).name), addr.name()) {
-                        return Some(Found { list, prev, peer });
-                    }
-                    prev = peer;
-                    peer = (*peer).next;
-                }
-            }
-        }
-        None
+    /// The peer an address names, through the upstream's index.
+    ///
+    /// # Safety
+    /// `shared` must be this upstream's state.
+    unsafe fn find(&self, shared: &SharedState, addr: &ServerAddress) -> Option<Found> {
+        // SAFETY: both lists are write-locked, as the index requires.
+        unsafe { shared.index.find(addr.name()) }
+            .map(|(peer, backup)| Found { list: usize::from(backup), peer })
     }
 
-    /// Recomputes the derived counters of both lists. nginx 1.22's `single`: exactly one
+    /// The peer before `peer` in its list (NULL for the first). Removal is the one change that
+    /// walks a list: nginx's lists are singly linked.
+    ///
+    /// # Safety
+    /// `peer` must be in list `list`.
+    unsafe fn prev_of(
+        &self,
+        list: usize,
+        peer: *mut ngx_http_upstream_rr_peer_t,
+    ) -> *mut ngx_http_upstream_rr_peer_t {
+        // SAFETY: the list is write-locked and holds `peer`, so the walk ends at it.
+        unsafe {
+            let mut prev = ptr::null_mut();
+            let mut p = (*self.lists[list]).peer;
+            while p != peer {
+                prev = p;
+                p = (*p).next;
+            }
+            prev
+        }
+    }
+
+    /// Updates a list's counters for a peer entering (`sign` 1) or leaving (-1) the sums:
+    /// `total_weight` counts every peer, `tries` those not down. nginx 1.22 never changes
+    /// them after startup, so keeping them in step here keeps them exact.
+    ///
+    /// # Safety
+    /// The list must be write-locked.
+    unsafe fn account(&self, list: usize, p: &ngx_http_upstream_rr_peer_t, sign: isize) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let peers = &mut *self.lists[list];
+            peers.total_weight = peers.total_weight.wrapping_add_signed(sign * p.weight);
+            if p.down == 0 {
+                peers.tries = peers.tries.wrapping_add_signed(sign);
+            }
+        }
+    }
+
+    /// Recomputes the flags derived from the counters. nginx 1.22's `single`: exactly one
     /// primary peer and no backup peer.
     ///
     /// # Safety
     /// `shared` must be this upstream's state.
-    unsafe fn recount(&self, shared: &SharedState) {
+    unsafe fn settle(&self, shared: &SharedState) {
         // SAFETY: both lists are write-locked.
         unsafe {
             for (list, &peers) in self.lists.iter().enumerate() {
-                if peers.is_null() {
-                    continue;
+                if !peers.is_null() {
+                    let weighted = (*peers).total_weight != shared.count[list];
+                    (*peers).set_weighted(weighted.into());
+                    (*peers).set_single(0);
                 }
-                let (mut total, mut tries) = (0, 0);
-                let mut peer = (*peers).peer;
-                while !peer.is_null() {
-                    total += (*peer).weight as ngx_uint_t;
-                    tries += ngx_uint_t::from((*peer).down == 0);
-                    peer = (*peer).next;
-                }
-                (*peers).total_weight = total;
-                (*peers).tries = tries;
-                (*peers).set_weighted((total != shared.count[list]).into());
-                (*peers).set_single(0);
             }
             let single = shared.count[PRIMARY] == 1 && shared.count[BACKUP] == 0;
             (*self.lists[PRIMARY]).set_single(single.into());
@@ -373,7 +391,8 @@ pub fn add_peer(
     let new = match unsafe { NewPeer::new(&target, addr, settings) } {
         Ok(new) => new,
         // A full zone must not hide that the peer is there already (callers retry on "exists").
-        Err(e) if target.lock_all().find(addr).is_some() => {
+        // SAFETY: this upstream's state, under the locks `lock_all` takes.
+        Err(e) if unsafe { target.lock_all().find(&*target.shared, addr) }.is_some() => {
             drop(e);
             return Err(ChangeError::Exists {
                 peer: addr.name().to_owned(),
@@ -390,12 +409,13 @@ pub fn add_peer(
         // SAFETY: this upstream's state, guarded by the locks just taken.
         let shared = unsafe { &mut *target.shared };
         let list = usize::from(settings.backup);
-        if locked.find(addr).is_some() {
+        // SAFETY: (both) this upstream's state, under its locks.
+        if unsafe { locked.find(shared, addr) }.is_some() {
             Err(ChangeError::Exists {
                 peer: addr.name().to_owned(),
                 upstream: target.upstream_text(),
             })
-        } else if shared.count[list] >= shared.capacity {
+        } else if shared.count[PRIMARY] + shared.count[BACKUP] >= shared.capacity {
             Err(ChangeError::Full { upstream: target.upstream_text(), capacity: shared.capacity })
         } else {
             // SAFETY: both lists are write-locked; the new peer and list are ours to link.
@@ -409,13 +429,15 @@ pub fn add_peer(
                 }
                 // Appended, so that the positions of existing peers (the bits requests keep in
                 // their `tried` bitmaps) do not move.
-                let mut link = &raw mut (*locked.lists[list]).peer;
-                while !(*link).is_null() {
-                    link = &raw mut (**link).next;
+                match shared.tail[list].as_mut() {
+                    Some(tail) => tail.next = new.peer,
+                    None => (*locked.lists[list]).peer = new.peer,
                 }
-                *link = new.peer;
+                shared.tail[list] = new.peer;
+                shared.index.insert(new.peer, list == BACKUP);
                 shared.count[list] += 1;
-                locked.recount(shared);
+                locked.account(list, &*new.peer, 1);
+                locked.settle(shared);
                 let slab = SlabGuard::lock((*target.primary).shpool);
                 locked.reap(shared, &slab);
             }
@@ -441,22 +463,28 @@ pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(),
     let locked = target.lock_all();
     // SAFETY: this upstream's state, guarded by the locks just taken.
     let shared = unsafe { &mut *target.shared };
-    let found = locked.find(addr).ok_or_else(|| target.not_found(addr))?;
+    // SAFETY: this upstream's state, under its locks.
+    let found = unsafe { locked.find(shared, addr) }.ok_or_else(|| target.not_found(addr))?;
     if found.list == PRIMARY && shared.count[PRIMARY] == 1 {
         return Err(ChangeError::LastPrimary { upstream: target.upstream_text() }.into());
     }
-    // SAFETY: both lists are write-locked; `found` was found in them just now.
+    // SAFETY: both lists are write-locked; `found` is in list `found.list`.
     unsafe {
+        let prev = locked.prev_of(found.list, found.peer);
         let next = (*found.peer).next;
-        if found.prev.is_null() {
-            (*locked.lists[found.list]).peer = next;
-        } else {
-            (*found.prev).next = next;
+        match prev.as_mut() {
+            Some(prev) => prev.next = next,
+            None => (*locked.lists[found.list]).peer = next,
         }
+        if shared.tail[found.list] == found.peer {
+            shared.tail[found.list] = prev;
+        }
+        shared.index.remove(found.peer);
+        shared.count[found.list] -= 1;
+        locked.account(found.list, &*found.peer, -1);
+        locked.settle(shared);
         (*found.peer).next = shared.graveyard[found.list];
         shared.graveyard[found.list] = found.peer;
-        shared.count[found.list] -= 1;
-        locked.recount(shared);
         let slab = SlabGuard::lock((*target.primary).shpool);
         locked.reap(shared, &slab);
     }
@@ -472,10 +500,14 @@ pub fn update_peer(
     let change = if options.weight().is_some() { Change::Weight } else { Change::InPlace };
     let target = Target::new(upstream, change)?;
     let locked = target.lock_all();
-    let found = locked.find(addr).ok_or_else(|| target.not_found(addr))?;
+    // SAFETY: this upstream's state, under its locks.
+    let shared = unsafe { &*target.shared };
+    // SAFETY: as above.
+    let found = unsafe { locked.find(shared, addr) }.ok_or_else(|| target.not_found(addr))?;
     // SAFETY: the owning list is write-locked (both are).
     unsafe {
         let p = &mut *found.peer;
+        locked.account(found.list, p, -1);
         if let Some(weight) = options.weight() {
             p.weight = weight as ngx_int_t;
             p.effective_weight = weight as ngx_int_t;
@@ -498,7 +530,8 @@ pub fn update_peer(
             }
             p.down = down.into();
         }
-        locked.recount(&*target.shared);
+        locked.account(found.list, p, 1);
+        locked.settle(shared);
     }
     Ok(())
 }

@@ -40,6 +40,8 @@ use crate::{bytes, log};
 pub struct StateFile {
     pub path: PathBuf,
     lock_path: PathBuf,
+    /// The lock file's device and inode.
+    lock_id: (u64, u64),
     /// The servers read from the file at configuration time; NULL when it did not exist.
     servers: *mut ngx_array_t,
     /// Where the directive is, for errors found after it was parsed.
@@ -63,17 +65,29 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Opens (creating it if needed) and locks the lock file of a state file.
-fn lock(lock_path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
+/// Opens the lock file of a state file, creating it if needed (the master can; workers only
+/// open it, read-only, which is all `flock` needs).
+fn open_lock(lock_path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .create(true)
         .append(true)
         .mode(0o644)
         .open(lock_path)
-        .or_else(|_| File::open(lock_path))?;
+        .or_else(|_| File::open(lock_path))
+}
+
+/// Opens and locks the lock file of a state file.
+fn lock(lock_path: &Path) -> io::Result<File> {
+    let file = open_lock(lock_path)?;
     file.lock()?;
     Ok(file)
+}
+
+/// The identity of a file, whatever path names it.
+fn file_id(file: &File) -> io::Result<(u64, u64)> {
+    let meta = file.metadata()?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// Can the workers create and replace files in `dir`? The master runs as root and the workers
@@ -165,14 +179,6 @@ pub extern "C" fn set_state_file(
         }
         _ => {}
     }
-    // SAFETY: `cf` is inside an upstream block, whose http context holds the upstreams parsed
-    // so far.
-    if let Some(other) = unsafe { upstream_using(cf, &path) } {
-        return conf_error(
-            cf,
-            &format!("state file \"{}\" is already used by upstream \"{other}\"", path.display()),
-        );
-    }
     let dir = path.parent().unwrap_or(Path::new("/"));
     // SAFETY: `cf` is the configuration being parsed.
     if let Err(e) = unsafe { workers_can_write(cf, dir) } {
@@ -180,12 +186,24 @@ pub extern "C" fn set_state_file(
     }
 
     let lock_path = lock_path(&path);
-    let lock = match lock(&lock_path) {
-        Ok(lock) => lock,
-        Err(e) => {
-            return conf_error(cf, &format!("state file lock \"{}\": {e}", lock_path.display()));
-        }
+    let lock_error = |e: io::Error| format!("state file lock \"{}\": {e}", lock_path.display());
+    let (lock, lock_id) = match open_lock(&lock_path).and_then(|f| Ok((file_id(&f)?, f))) {
+        Ok((id, file)) => (file, id),
+        Err(e) => return conf_error(cf, &lock_error(e)),
     };
+    // Checked by file identity, before locking: one file named two ways by two upstreams would
+    // have them overwrite each other, and this process block on its own lock.
+    // SAFETY: `cf` is inside an upstream block, whose http context holds the upstreams parsed
+    // so far.
+    if let Some(other) = unsafe { upstream_using(cf, lock_id) } {
+        return conf_error(
+            cf,
+            &format!("state file \"{}\" is already used by upstream \"{other}\"", path.display()),
+        );
+    }
+    if let Err(e) = lock.lock() {
+        return conf_error(cf, &lock_error(e));
+    }
 
     let servers = match fs::read(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => ptr::null_mut(),
@@ -214,6 +232,7 @@ pub extern "C" fn set_state_file(
         state.write(StateFile {
             path,
             lock_path,
+            lock_id,
             servers,
             conf_file: (*cf.conf_file).file.name,
             conf_line: (*cf.conf_file).line,
@@ -236,7 +255,7 @@ extern "C" fn drop_state_file(data: *mut c_void) {
 ///
 /// # Safety
 /// `cf` must be inside an `upstream {}` block.
-unsafe fn upstream_using(cf: &ngx_conf_t, path: &Path) -> Option<String> {
+unsafe fn upstream_using(cf: &ngx_conf_t, lock_id: (u64, u64)) -> Option<String> {
     // SAFETY: the http context's upstream main configuration lists the upstreams parsed so far,
     // each with this module's configuration.
     unsafe {
@@ -252,7 +271,7 @@ unsafe fn upstream_using(cf: &ngx_conf_t, path: &Path) -> Option<String> {
                 return None;
             }
             let state = upstream_conf(u).state;
-            (!state.is_null() && (*state).path == path)
+            (!state.is_null() && (*state).lock_id == lock_id)
                 .then(|| String::from_utf8_lossy(bytes::ngx_str(&(*u).host)).into_owned())
         })
     }
