@@ -25,9 +25,11 @@ stop)
     ;;
 start)
     stop
-    mkdir -p "$prefix/logs" "$prefix/tmp"
-    # The workers run as nobody and need to reach their temp directories.
+    mkdir -p "$prefix/logs" "$prefix/tmp" "$prefix/state"
+    # The workers run as nobody: they need to reach their temp directories and to write the
+    # state file.
     chmod 755 "$prefix" "$prefix/tmp"
+    chown nobody "$prefix/state"
     sed -e "s|@PREFIX@|$prefix|g" -e "s|@MODULE@|$module|g" -e "s|@LUA_MODULES@|$lua_modules|g" \
         "$root/examples/demo.conf" >"$prefix/nginx.conf"
     "$nginx" -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/logs/error.log"
@@ -38,7 +40,7 @@ start)
     cat <<TXT
 
 The demo nginx runs with the module on 127.0.0.1:8080 (config: build/demo/nginx.conf, log:
-build/demo/logs/error.log). Try:
+build/demo/logs/error.log, peers saved in build/demo/state/backends.peers). Try:
 
     curl http://127.0.0.1:8080/                      # proxied to a peer of upstream "backends"
     curl http://127.0.0.1:8080/dynamic/zones         # list_upstreams() as JSON

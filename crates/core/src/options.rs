@@ -17,6 +17,24 @@
 //! | `max_fails` | 0..=1000000 | more failures than that within `fail_timeout` never happen; 0 already means "never mark failed" |
 //! | `fail_timeout` | 0..=31536000 (365 days, in seconds) | a longer one is the same as `down`; it fits a 32-bit `time_t` and is exact in Lua |
 //! | `max_conns` | 0..=1000000 | beyond the connections one nginx holds; 0 already means "unlimited" |
+//!
+//! # Two sets of ranges
+//!
+//! [`PeerOptions::validate`] checks the ranges above, for new values coming from Lua.
+//! [`PeerOptions::validate_configured`] checks nginx's own, for state files: the module writes
+//! a state file from the peers in shared memory, and those include peers from `nginx.conf`,
+//! where nginx accepts far more (`weight=1000001`, `fail_timeout=400d`). Whatever the module
+//! writes it must read back at the next reload or restart, so a state file is held only to what
+//! nginx itself accepts, as far as [`PeerSettings`] can hold it:
+//!
+//! | option | range in a state file |
+//! |---|---|
+//! | `weight` | 1..=4294967295 |
+//! | `max_fails` | 0..=4294967295 |
+//! | `fail_timeout` | 0..=4294967295 (seconds) |
+//! | `max_conns` | 0..=4294967295 |
+//!
+//! Both report errors in the same shape, e.g. `weight must be an integer from 1 to 4294967295`.
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -30,10 +48,29 @@ pub const ADD_PEER_OPTIONS: [&str; 6] =
 pub const UPDATE_PEER_OPTIONS: [&str; 5] =
     ["weight", "max_fails", "fail_timeout", "max_conns", "down"];
 
-const WEIGHT: RangeInclusive<u32> = 1..=1_000_000;
-const MAX_FAILS: RangeInclusive<u32> = 0..=1_000_000;
-const FAIL_TIMEOUT: RangeInclusive<u32> = 0..=365 * 24 * 60 * 60;
-const MAX_CONNS: RangeInclusive<u32> = 0..=1_000_000;
+/// The range of each numeric option, in the order of [`ADD_PEER_OPTIONS`].
+struct Ranges {
+    weight: RangeInclusive<u32>,
+    max_fails: RangeInclusive<u32>,
+    fail_timeout: RangeInclusive<u32>,
+    max_conns: RangeInclusive<u32>,
+}
+
+/// The Lua API's ranges (see the module documentation).
+const API: Ranges = Ranges {
+    weight: 1..=1_000_000,
+    max_fails: 0..=1_000_000,
+    fail_timeout: 0..=365 * 24 * 60 * 60,
+    max_conns: 0..=1_000_000,
+};
+
+/// nginx's configuration ranges, for state files (see the module documentation).
+const CONFIGURED: Ranges = Ranges {
+    weight: 1..=u32::MAX,
+    max_fails: 0..=u32::MAX,
+    fail_timeout: 0..=u32::MAX,
+    max_conns: 0..=u32::MAX,
+};
 
 /// Peer options as they come from Lua: `None` for an option not given.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -49,14 +86,25 @@ pub struct PeerOptions {
 }
 
 impl PeerOptions {
-    /// Checks every given value, in the order of [`ADD_PEER_OPTIONS`], and reports the first
-    /// invalid one.
+    /// Checks every given value against the Lua API's ranges, in the order of
+    /// [`ADD_PEER_OPTIONS`], and reports the first invalid one.
     pub fn validate(&self) -> Result<ValidOptions, OptionError> {
+        self.validate_within(&API)
+    }
+
+    /// As [`validate`](Self::validate), but against nginx's configuration ranges: for values read
+    /// from a state file, which may hold anything nginx accepted in `nginx.conf` (see the module
+    /// documentation).
+    pub fn validate_configured(&self) -> Result<ValidOptions, OptionError> {
+        self.validate_within(&CONFIGURED)
+    }
+
+    fn validate_within(&self, ranges: &Ranges) -> Result<ValidOptions, OptionError> {
         Ok(ValidOptions {
-            weight: check("weight", self.weight, WEIGHT)?,
-            max_fails: check("max_fails", self.max_fails, MAX_FAILS)?,
-            fail_timeout: check("fail_timeout", self.fail_timeout, FAIL_TIMEOUT)?,
-            max_conns: check("max_conns", self.max_conns, MAX_CONNS)?,
+            weight: check("weight", self.weight, &ranges.weight)?,
+            max_fails: check("max_fails", self.max_fails, &ranges.max_fails)?,
+            fail_timeout: check("fail_timeout", self.fail_timeout, &ranges.fail_timeout)?,
+            max_conns: check("max_conns", self.max_conns, &ranges.max_conns)?,
             down: self.down,
             backup: self.backup,
         })
@@ -66,7 +114,7 @@ impl PeerOptions {
 fn check(
     option: &'static str,
     value: Option<f64>,
-    range: RangeInclusive<u32>,
+    range: &RangeInclusive<u32>,
 ) -> Result<Option<u32>, OptionError> {
     let Some(value) = value else { return Ok(None) };
     // NaN and the infinities have no zero fraction; -0.0 is 0.
@@ -77,7 +125,7 @@ fn check(
         // Exact: an integral value within a u32 range.
         Ok(Some(value as u32))
     } else {
-        Err(OptionError { option, range })
+        Err(OptionError { option, range: range.clone() })
     }
 }
 
@@ -133,7 +181,9 @@ impl ValidOptions {
     }
 }
 
-/// Every setting of a peer, all within the ranges above.
+/// Every setting of a peer. Those from [`PeerOptions::validate`] are within the Lua API's ranges;
+/// a peer configured in `nginx.conf` or read from a state file may have any value of nginx's
+/// configuration ranges, so code using these must not assume the smaller ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerSettings {
     pub weight: u32,
@@ -162,7 +212,8 @@ impl Default for PeerSettings {
 }
 
 /// An option value out of range or not an integer. `Display` gives the exact text returned to
-/// Lua, e.g. `weight must be an integer from 1 to 1000000`.
+/// Lua, e.g. `weight must be an integer from 1 to 1000000` (or, for a state file, `... from 1 to
+/// 4294967295`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionError {
     option: &'static str,
@@ -345,28 +396,117 @@ mod tests {
         );
     }
 
+    fn configured_error(options: PeerOptions) -> String {
+        options.validate_configured().unwrap_err().to_string()
+    }
+
+    /// State files take all that nginx's configuration takes, up to `u32::MAX`.
+    #[test]
+    fn configured_ranges_reach_u32_max() {
+        let max = f64::from(u32::MAX);
+        let highest = PeerOptions {
+            weight: Some(max),
+            max_fails: Some(max),
+            fail_timeout: Some(max),
+            max_conns: Some(max),
+            down: Some(true),
+            backup: Some(false),
+        };
+        let valid = highest.validate_configured().unwrap();
+        assert_eq!(
+            valid.with_defaults(),
+            PeerSettings {
+                weight: u32::MAX,
+                max_fails: u32::MAX,
+                fail_timeout: u32::MAX,
+                max_conns: u32::MAX,
+                down: true,
+                backup: false,
+            }
+        );
+        // Values nginx accepts in nginx.conf but the Lua API refuses (400d is 34560000s).
+        let configured = PeerOptions {
+            weight: Some(1_000_001.0),
+            max_fails: Some(2_000_000.0),
+            fail_timeout: Some(34_560_000.0),
+            max_conns: Some(2_000_000.0),
+            ..Default::default()
+        };
+        assert_eq!(error(configured), "weight must be an integer from 1 to 1000000");
+        let valid = configured.validate_configured().unwrap();
+        assert_eq!(
+            (valid.weight(), valid.max_fails(), valid.fail_timeout(), valid.max_conns()),
+            (Some(1_000_001), Some(2_000_000), Some(34_560_000), Some(2_000_000))
+        );
+        let lowest = PeerOptions {
+            weight: Some(1.0),
+            max_fails: Some(0.0),
+            fail_timeout: Some(-0.0),
+            max_conns: Some(0.0),
+            ..Default::default()
+        };
+        assert_eq!(lowest.validate_configured(), lowest.validate());
+        assert_eq!(
+            PeerOptions::default().validate_configured().unwrap().with_defaults(),
+            PeerSettings::default()
+        );
+    }
+
+    #[test]
+    fn configured_ranges_refuse_with_exact_messages() {
+        const WEIGHT: &str = "weight must be an integer from 1 to 4294967295";
+        const MAX_FAILS: &str = "max_fails must be an integer from 0 to 4294967295";
+        const FAIL_TIMEOUT: &str = "fail_timeout must be an integer from 0 to 4294967295";
+        const MAX_CONNS: &str = "max_conns must be an integer from 0 to 4294967295";
+        let past = f64::from(u32::MAX) + 1.0;
+        for value in [-1.0, 1.5, past, f64::from(u32::MAX) - 0.5, 1e300, f64::NAN, f64::INFINITY] {
+            let v = Some(value);
+            let weight = PeerOptions { weight: v, ..Default::default() };
+            assert_eq!(configured_error(weight), WEIGHT, "{value}");
+            let max_fails = PeerOptions { max_fails: v, ..Default::default() };
+            assert_eq!(configured_error(max_fails), MAX_FAILS);
+            let fail_timeout = PeerOptions { fail_timeout: v, ..Default::default() };
+            assert_eq!(configured_error(fail_timeout), FAIL_TIMEOUT);
+            let max_conns = PeerOptions { max_conns: v, ..Default::default() };
+            assert_eq!(configured_error(max_conns), MAX_CONNS);
+        }
+        let zero = PeerOptions { weight: Some(0.0), max_fails: Some(past), ..Default::default() };
+        assert_eq!(configured_error(zero), WEIGHT);
+        assert_eq!(configured_error(PeerOptions { weight: None, ..zero }), MAX_FAILS);
+    }
+
     proptest! {
         /// Any number is accepted exactly when it is an integer within the option's range, and
-        /// then kept as that integer.
+        /// then kept as that integer; for the Lua API's ranges and for the configured ones.
         #[test]
         fn accepts_exactly_the_integers_in_range(
             value in prop_oneof![
                 any::<f64>(),
                 (-10i64..=40_000_000).prop_map(|n| n as f64),
                 (-10i64..=40_000_000).prop_map(|n| n as f64 + 0.5),
+                (-10i64..=10).prop_map(|n| (i64::from(u32::MAX) + n) as f64),
+                (-10i64..=10).prop_map(|n| (i64::from(u32::MAX) + n) as f64 + 0.5),
+                (0..=u32::MAX).prop_map(f64::from),
             ],
+            configured in any::<bool>(),
         ) {
+            let ranges = if configured { &CONFIGURED } else { &API };
             let cases = [
-                (PeerOptions { weight: Some(value), ..Default::default() }, WEIGHT),
-                (PeerOptions { max_fails: Some(value), ..Default::default() }, MAX_FAILS),
-                (PeerOptions { fail_timeout: Some(value), ..Default::default() }, FAIL_TIMEOUT),
-                (PeerOptions { max_conns: Some(value), ..Default::default() }, MAX_CONNS),
+                (PeerOptions { weight: Some(value), ..Default::default() }, &ranges.weight),
+                (PeerOptions { max_fails: Some(value), ..Default::default() }, &ranges.max_fails),
+                (
+                    PeerOptions { fail_timeout: Some(value), ..Default::default() },
+                    &ranges.fail_timeout,
+                ),
+                (PeerOptions { max_conns: Some(value), ..Default::default() }, &ranges.max_conns),
             ];
             for (options, range) in cases {
                 let in_range = (f64::from(*range.start())..=f64::from(*range.end()))
                     .contains(&value)
                     && value.trunc() == value;
-                match options.validate() {
+                let result =
+                    if configured { options.validate_configured() } else { options.validate() };
+                match result {
                     Ok(valid) => {
                         prop_assert!(in_range);
                         let kept = [

@@ -24,10 +24,21 @@
 //! a refused file fails loudly at configuration time with the file's line number, while a
 //! silently skipped line would drop a peer. Every line is therefore either blank, a comment (`#`
 //! after optional whitespace), or exactly one `server <address> [parameters];`, with addresses
-//! validated by [`ServerAddress::parse`] and values by [`PeerOptions::validate`], so errors read
-//! the same as the Lua API's. Each parameter may appear once per line, a peer once per file, and
-//! the file must hold at least one server that is not `backup`, as nginx itself requires.
-//! A peer both `down` and `backup` is accepted, as nginx accepts it.
+//! validated by [`ServerAddress::parse`] and values by [`PeerOptions::validate_configured`], so
+//! errors read like the Lua API's. Each parameter may appear once per line, and the file must hold
+//! at least one server that is not `backup`, as nginx itself requires. A peer both `down` and
+//! `backup` is accepted, as nginx accepts it.
+//!
+//! # Whatever the writer writes, the reader reads
+//!
+//! The module writes the file from the peers in shared memory, and those include the peers of
+//! `nginx.conf`, so [`parse`] accepts whatever nginx accepts there and [`format`](fn@format) can
+//! write:
+//! - Values in nginx's configuration ranges ([`PeerOptions::validate_configured`], up to
+//!   4294967295), not just the Lua API's: `weight=1000001` or `fail_timeout=400d` (written as
+//!   `fail_timeout=34560000s`) in `nginx.conf` end up in the file after any runtime change.
+//! - The same address more than once: nginx allows it on two `server` lines, as two peers. Such
+//!   lines are read as separate peers, in file order, as nginx reads them.
 //!
 //! Signs of a damaged file are refused with a hint:
 //! - The writer ends every line with `;` and a newline, so a file cut short by a crash or a full
@@ -56,7 +67,6 @@
 //! its own), except inside a unix socket path: the address parser accepts any `;` there, so such
 //! a peer must read back, although nginx itself would need its path quoted.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use crate::address::{echo, ServerAddress};
@@ -72,8 +82,8 @@ pub struct StatePeer {
 
 /// Its line in the state file, without the newline: `server <name> <parameters>;`.
 ///
-/// The settings are written as they are: out-of-range values (which [`PeerOptions::validate`]
-/// never produces) would be refused when the file is read.
+/// The settings are written as they are. Every value [`PeerSettings`] can hold reads back (see
+/// [`PeerOptions::validate_configured`]) except `weight=0`, which no nginx peer has.
 impl fmt::Display for StatePeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (s, default) = (&self.settings, PeerSettings::default());
@@ -134,12 +144,10 @@ impl fmt::Display for StateFileError {
 impl std::error::Error for StateFileError {}
 
 /// Reads a state file (the rules are in the module documentation). Returns the peers in file
-/// order, or the first problem in line order.
+/// order, duplicates included, or the first problem in line order.
 pub fn parse(text: &[u8]) -> Result<Vec<StatePeer>, StateFileError> {
     let newlines = text.iter().filter(|&&b| b == b'\n').count();
     let mut peers: Vec<StatePeer> = Vec::new();
-    // Canonical name -> the line it was first seen on.
-    let mut first_lines: HashMap<String, usize> = HashMap::new();
 
     for (index, line) in text.split(|&b| b == b'\n').enumerate() {
         let number = index + 1;
@@ -157,11 +165,6 @@ pub fn parse(text: &[u8]) -> Result<Vec<StatePeer>, StateFileError> {
             ));
         }
         let Some(peer) = parse_line(line).map_err(refuse)? else { continue };
-        if let Some(first) = first_lines.get(peer.address.name()) {
-            let name = echo(peer.address.name().as_bytes());
-            return Err(refuse(format!("duplicate server \"{name}\" (first on line {first})")));
-        }
-        first_lines.insert(peer.address.name().to_owned(), number);
         peers.push(peer);
     }
 
@@ -256,9 +259,9 @@ fn parse_line(line: &[u8]) -> Result<Option<StatePeer>, String> {
             _ => return Err(format!("unknown parameter \"{}\"", echo(word))),
         }
         // Checked as each one is read, so the first bad parameter on the line is reported.
-        options.validate().map_err(|e| e.to_string())?;
+        options.validate_configured().map_err(|e| e.to_string())?;
     }
-    let settings = options.validate().map_err(|e| e.to_string())?.with_defaults();
+    let settings = options.validate_configured().map_err(|e| e.to_string())?.with_defaults();
     Ok(Some(StatePeer { address, settings }))
 }
 
@@ -274,16 +277,21 @@ fn set<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String> {
 }
 
 /// A plain decimal integer (leading zeros allowed, as nginx allows them). Anything else becomes
-/// NaN, which [`PeerOptions::validate`] refuses with the option's range text, the same answer a
-/// Lua caller gets for a fraction.
+/// NaN, which [`PeerOptions::validate_configured`] refuses with the option's range text, the same
+/// answer a Lua caller gets for a fraction.
 fn integer(digits: &[u8]) -> f64 {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return f64::NAN;
     }
-    // Saturating far above every range, so that a huge number is out of range, not wrapped.
-    let value = digits.iter().fold(0u64, |n, &d| (n * 10 + u64::from(d - b'0')).min(1 << 40));
+    // Saturating far above every range (u32::MAX is below 2^32), so that a huge number is out of
+    // range, not wrapped; 2^40 times any unit is still exact in an f64 and cannot overflow a u64.
+    let value = digits.iter().fold(0u64, |n, &d| (n * 10 + u64::from(d - b'0')).min(SATURATED));
     value as f64
 }
+
+/// Where [`integer`] stops counting.
+const SATURATED: u64 = 1 << 40;
+const _: () = assert!(SATURATED > u32::MAX as u64 + 1);
 
 /// Seconds from `N`, `Ns`, `Nm` or `Nh` (see the module documentation); NaN as for [`integer`].
 fn seconds(time: &[u8]) -> f64 {
@@ -301,7 +309,6 @@ mod tests {
     use super::*;
     use crate::address::{canonical_name, MAX_UNIX_PATH_LEN};
     use proptest::prelude::*;
-    use std::collections::HashSet;
     use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
     fn peer(address: &str, settings: PeerSettings) -> StatePeer {
@@ -357,17 +364,17 @@ server unix:/run/app.sock backup;
     #[test]
     fn formats_every_parameter_in_fixed_order() {
         let all = PeerSettings {
-            weight: 1_000_000,
+            weight: u32::MAX,
             max_fails: 0,
             fail_timeout: 0,
-            max_conns: 1_000_000,
+            max_conns: u32::MAX,
             down: true,
             backup: true,
         };
         assert_eq!(
             peer("[2001:DB8::1]:443", all).to_string(),
-            "server [2001:db8::1]:443 weight=1000000 max_fails=0 fail_timeout=0s \
-             max_conns=1000000 down backup;"
+            "server [2001:db8::1]:443 weight=4294967295 max_fails=0 fail_timeout=0s \
+             max_conns=4294967295 down backup;"
         );
         // Explicit defaults are not written.
         assert_eq!(peer("UNIX:/a", PeerSettings::default()).to_string(), "server unix:/a;");
@@ -437,6 +444,82 @@ server unix:/run/app.sock backup;
         );
     }
 
+    /// Values nginx accepts in `nginx.conf` but the Lua API refuses: the module writes them
+    /// from shared memory, so they must read back.
+    #[test]
+    fn accepts_nginx_configuration_ranges() {
+        let peers = accepted(
+            b"server 127.0.0.1:9000 weight=1000001;\n\
+              server 127.0.0.1:9001 max_fails=2000000 max_conns=2000000 fail_timeout=34560000s;\n\
+              server 127.0.0.1:9002 weight=4294967295 max_fails=4294967295 \
+                fail_timeout=4294967295 max_conns=4294967295;\n\
+              server 127.0.0.1:9003 fail_timeout=71582788m;\n\
+              server 127.0.0.1:9004 fail_timeout=1193046h;\n\
+              server 127.0.0.1:9005 weight=0004294967295;\n",
+        );
+        let default = PeerSettings::default();
+        let settings: Vec<_> = peers.iter().map(|p| p.settings).collect();
+        assert_eq!(
+            settings,
+            [
+                PeerSettings { weight: 1_000_001, ..default },
+                PeerSettings {
+                    max_fails: 2_000_000,
+                    fail_timeout: 34_560_000,
+                    max_conns: 2_000_000,
+                    ..default
+                },
+                PeerSettings {
+                    weight: u32::MAX,
+                    max_fails: u32::MAX,
+                    fail_timeout: u32::MAX,
+                    max_conns: u32::MAX,
+                    ..default
+                },
+                PeerSettings { fail_timeout: 71_582_788 * 60, ..default },
+                PeerSettings { fail_timeout: 1_193_046 * 3600, ..default },
+                PeerSettings { weight: u32::MAX, ..default },
+            ]
+        );
+        assert_eq!(accepted(format("u", &peers).as_bytes()), peers);
+    }
+
+    /// nginx allows one address on two `server` lines, as two peers, so the module may write it
+    /// twice; every line is a peer of its own, in file order.
+    #[test]
+    fn accepts_duplicate_servers_as_separate_peers() {
+        let default = PeerSettings::default();
+        let cases: [(&[u8], Vec<StatePeer>); 4] = [
+            (
+                b"# h\nserver 127.0.0.1:8081;\nserver 127.0.0.1:08081 down;\n",
+                vec![
+                    plain("127.0.0.1:8081"),
+                    peer("127.0.0.1:8081", PeerSettings { down: true, ..default }),
+                ],
+            ),
+            (
+                b"server [::1]:80;\n\nserver [::0:1]:80 backup;\n",
+                vec![plain("[::1]:80"), peer("[::1]:80", PeerSettings { backup: true, ..default })],
+            ),
+            (b"server unix:/a;\nserver UNIX:/a;\n", vec![plain("unix:/a"), plain("unix:/a")]),
+            (
+                b"server 1.2.3.4:80 weight=2;\nserver 1.2.3.4:81;\nserver 1.2.3.4:80 weight=3;\n\
+                  server 1.2.3.4:80 weight=2;\n",
+                vec![
+                    peer("1.2.3.4:80", PeerSettings { weight: 2, ..default }),
+                    plain("1.2.3.4:81"),
+                    peer("1.2.3.4:80", PeerSettings { weight: 3, ..default }),
+                    peer("1.2.3.4:80", PeerSettings { weight: 2, ..default }),
+                ],
+            ),
+        ];
+        for (text, expected) in cases {
+            let peers = accepted(text);
+            assert_eq!(canonical(&peers), expected, "{:?}", String::from_utf8_lossy(text));
+            assert_eq!(accepted(format("u", &peers).as_bytes()), expected);
+        }
+    }
+
     #[test]
     fn accepts_peers_down_and_backup_and_all_down() {
         let peers = accepted(b"server 10.0.0.1:1 down;\nserver 10.0.0.2:1 down backup;\n");
@@ -489,10 +572,10 @@ server unix:/run/app.sock backup;
 
     #[test]
     fn refuses_with_exact_messages_and_lines() {
-        const WEIGHT: &str = "weight must be an integer from 1 to 1000000";
-        const MAX_FAILS: &str = "max_fails must be an integer from 0 to 1000000";
-        const FAIL_TIMEOUT: &str = "fail_timeout must be an integer from 0 to 31536000";
-        const MAX_CONNS: &str = "max_conns must be an integer from 0 to 1000000";
+        const WEIGHT: &str = "weight must be an integer from 1 to 4294967295";
+        const MAX_FAILS: &str = "max_fails must be an integer from 0 to 4294967295";
+        const FAIL_TIMEOUT: &str = "fail_timeout must be an integer from 0 to 4294967295";
+        const MAX_CONNS: &str = "max_conns must be an integer from 0 to 4294967295";
         const AFTER: &str =
             "unexpected text after \";\": one server per line, comments on lines of their own";
         const CUT: &str = "no newline at the end of the file: it may have been cut short";
@@ -531,30 +614,31 @@ server unix:/run/app.sock backup;
             (b"server ::1:80;\n", "line 1: invalid server address \"::1:80\": an IPv6 address must be enclosed in brackets"),
             (b"server unix:run/a.sock;\n", "line 1: invalid server address \"unix:run/a.sock\": the unix domain socket path must be absolute"),
             (b"server unix:/tmp/\xff;\n", "line 1: invalid server address \"unix:/tmp/\\xff\": not valid UTF-8"),
-            // Duplicate peers, by canonical name.
-            (b"# h\nserver 127.0.0.1:8081;\nserver 127.0.0.1:08081 down;\n", "line 3: duplicate server \"127.0.0.1:8081\" (first on line 2)"),
-            (b"server [::1]:80;\n\nserver [::0:1]:80 backup;\n", "line 3: duplicate server \"[::1]:80\" (first on line 1)"),
-            (b"server unix:/a;\nserver UNIX:/a;\n", "line 2: duplicate server \"unix:/a\" (first on line 1)"),
-            // Values out of range or not integers, with the Lua API's texts.
+            // Values out of nginx's configuration ranges or not integers, in the Lua API's shape.
             (weight("0").as_bytes(), &format!("line 1: {WEIGHT}")),
-            (weight("1000001").as_bytes(), &format!("line 1: {WEIGHT}")),
+            (weight("4294967296").as_bytes(), &format!("line 1: {WEIGHT}")),
+            (weight("00004294967296").as_bytes(), &format!("line 1: {WEIGHT}")),
+            (weight("1099511627776").as_bytes(), &format!("line 1: {WEIGHT}")),
+            (weight("18446744073709551616").as_bytes(), &format!("line 1: {WEIGHT}")),
             (weight("99999999999999999999999999").as_bytes(), &format!("line 1: {WEIGHT}")),
             (weight("-1").as_bytes(), &format!("line 1: {WEIGHT}")),
             (weight("+1").as_bytes(), &format!("line 1: {WEIGHT}")),
             (weight("1.5").as_bytes(), &format!("line 1: {WEIGHT}")),
             (weight("2x").as_bytes(), &format!("line 1: {WEIGHT}")),
             (weight("").as_bytes(), &format!("line 1: {WEIGHT}")),
-            (b"server 1.2.3.4:80 max_fails=1000001;\n", &format!("line 1: {MAX_FAILS}")),
+            (b"server 1.2.3.4:80 max_fails=4294967296;\n", &format!("line 1: {MAX_FAILS}")),
             (b"server 1.2.3.4:80 max_fails=-0;\n", &format!("line 1: {MAX_FAILS}")),
-            (b"server 1.2.3.4:80 fail_timeout=31536001;\n", &format!("line 1: {FAIL_TIMEOUT}")),
-            (b"server 1.2.3.4:80 fail_timeout=525601m;\n", &format!("line 1: {FAIL_TIMEOUT}")),
-            (b"server 1.2.3.4:80 fail_timeout=8761h;\n", &format!("line 1: {FAIL_TIMEOUT}")),
+            (b"server 1.2.3.4:80 fail_timeout=4294967296;\n", &format!("line 1: {FAIL_TIMEOUT}")),
+            (b"server 1.2.3.4:80 fail_timeout=4294967296s;\n", &format!("line 1: {FAIL_TIMEOUT}")),
+            (b"server 1.2.3.4:80 fail_timeout=71582789m;\n", &format!("line 1: {FAIL_TIMEOUT}")),
+            (b"server 1.2.3.4:80 fail_timeout=1193047h;\n", &format!("line 1: {FAIL_TIMEOUT}")),
+            (b"server 1.2.3.4:80 fail_timeout=99999999999999999999999h;\n", &format!("line 1: {FAIL_TIMEOUT}")),
             (b"server 1.2.3.4:80 fail_timeout=500ms;\n", &format!("line 1: {FAIL_TIMEOUT}")),
             (b"server 1.2.3.4:80 fail_timeout=1d;\n", &format!("line 1: {FAIL_TIMEOUT}")),
             (b"server 1.2.3.4:80 fail_timeout=1m30s;\n", &format!("line 1: {FAIL_TIMEOUT}")),
             (b"server 1.2.3.4:80 fail_timeout=s;\n", &format!("line 1: {FAIL_TIMEOUT}")),
             (b"server 1.2.3.4:80 fail_timeout=1.5s;\n", &format!("line 1: {FAIL_TIMEOUT}")),
-            (b"server 1.2.3.4:80 max_conns=1000001;\n", &format!("line 1: {MAX_CONNS}")),
+            (b"server 1.2.3.4:80 max_conns=4294967296;\n", &format!("line 1: {MAX_CONNS}")),
             // The first bad parameter in line order is reported.
             (b"server 1.2.3.4:80 max_fails=-1 weight=0;\n", &format!("line 1: {MAX_FAILS}")),
             // Unknown and repeated parameters.
@@ -643,16 +727,25 @@ server unix:/run/app.sock backup;
         ]
     }
 
-    /// Settings within the ranges of `options.rs`, each often at its default or a bound.
+    /// Settings anywhere in nginx's configuration ranges (`PeerOptions::validate_configured`),
+    /// each often at its default, a bound of those or of the Lua API's, or within the API's range.
     fn settings() -> impl Strategy<Value = PeerSettings> {
-        fn value(default: u32, max: u32, min: u32) -> impl Strategy<Value = u32> {
-            prop_oneof![Just(default), Just(min), Just(max), min..=max]
+        fn value(default: u32, min: u32, api_max: u32) -> impl Strategy<Value = u32> {
+            prop_oneof![
+                Just(default),
+                Just(min),
+                Just(api_max),
+                Just(api_max + 1),
+                Just(u32::MAX),
+                min..=api_max,
+                min..=u32::MAX,
+            ]
         }
         (
-            value(1, 1_000_000, 1),
-            value(1, 1_000_000, 0),
-            value(10, 31_536_000, 0),
-            value(0, 1_000_000, 0),
+            value(1, 1, 1_000_000),
+            value(1, 0, 1_000_000),
+            value(10, 0, 31_536_000),
+            value(0, 0, 1_000_000),
             any::<bool>(),
             any::<bool>(),
         )
@@ -661,15 +754,29 @@ server unix:/run/app.sock backup;
             })
     }
 
-    /// What an upstream can hold: one to a dozen peers with distinct names, one of them primary.
+    /// What an upstream can hold: one to a dozen peers, one of them primary. As in nginx, an
+    /// address may be there more than once: often a repeat of an earlier peer's, spelled as that
+    /// one was or canonically.
     fn valid_peers() -> impl Strategy<Value = Vec<StatePeer>> {
-        prop::collection::vec((address_text(), settings()), 1..12).prop_map(|peers| {
-            let mut names = HashSet::new();
-            let mut peers: Vec<StatePeer> = peers
-                .into_iter()
-                .map(|(address, settings)| peer(&address, settings))
-                .filter(|peer| names.insert(peer.address.name().to_owned()))
-                .collect();
+        let repeat = prop::option::weighted(0.3, (any::<prop::sample::Index>(), any::<bool>()));
+        prop::collection::vec((address_text(), settings(), repeat), 1..12).prop_map(|entries| {
+            let mut texts: Vec<String> = Vec::new();
+            let mut peers: Vec<StatePeer> = Vec::new();
+            for (text, settings, repeat) in entries {
+                let text = match repeat {
+                    Some((index, canonically)) if !peers.is_empty() => {
+                        let index = index.index(peers.len());
+                        if canonically {
+                            peers[index].address.name().to_owned()
+                        } else {
+                            texts[index].clone()
+                        }
+                    }
+                    _ => text,
+                };
+                peers.push(peer(&text, settings));
+                texts.push(text);
+            }
             peers[0].settings.backup = false;
             peers
         })
@@ -741,7 +848,8 @@ server unix:/run/app.sock backup;
                 prop::sample::select(vec![
                     "server", " ", "\t", "\r", "\n", ";", "#", "=", "1.2.3.4:80", "[::1]:80",
                     "unix:/a", "weight", "max_fails", "fail_timeout", "max_conns", "down",
-                    "backup", "0", "7", "1000000", "s", "m", "h", "\0", "example.com:80",
+                    "backup", "0", "7", "1000000", "4294967295", "4294967296", "s", "m", "h",
+                    "\0", "example.com:80",
                 ]),
                 0..40,
             ),

@@ -29,7 +29,7 @@ pub enum TargetError {
 /// Longest part of a caller's string echoed back in an error message.
 const MAX_ECHO: usize = 128;
 
-/// Writes a caller-supplied name for an error message: lossy UTF-8, cut at [`MAX_ECHO`] bytes so
+/// Writes a caller-supplied name for an error message: lossy UTF-8, cut at 128 bytes so
 /// that a huge argument cannot produce a huge error.
 pub fn echo(name: &[u8]) -> impl fmt::Display + '_ {
     struct Echo<'a>(&'a [u8]);

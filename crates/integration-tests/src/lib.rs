@@ -7,8 +7,13 @@
 //! - [`Config`] builds an nginx configuration (modules, main-context lines, an `http {}` body)
 //!   in a fresh prefix directory and [`Config::start`]s it as an [`Nginx`], or checks it with
 //!   `nginx -t` ([`Config::check`]).
+//!   A running [`Nginx`] can [`Nginx::reload`] (or [`Nginx::try_reload`] a configuration that
+//!   may be refused), take a new configuration file ([`Nginx::rewrite_config`]) and
+//!   [`Nginx::restart`] (stop and start with the same prefix, configuration and ports).
 //! - [`Backend`] is a keep-alive HTTP/1.1 server on loopback to proxy to.
-//! - [`Load`] sends requests from many keep-alive clients at once, bounded by count and time.
+//! - [`Load`] sends requests from many keep-alive clients at once, bounded by count and time
+//!   ([`Load::start_retrying_closed_keepalive`] resends, as HTTP clients do, a request whose
+//!   reused connection an exiting worker closed before answering: for loads across reloads).
 //! - [`lua_server`] wraps a Lua snippet into a `location = /t` for [`Nginx::get_ok`].
 //! - [`eval_server`] runs each Lua snippet posted to `/eval` ([`Nginx::eval`]), with helpers to
 //!   print results and zone states ([`EVAL_PRELUDE`]) and [`ExpectedPeer`] to build expected

@@ -3,14 +3,14 @@
 //! count or a duration runs out, whichever comes first.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::http::read_response;
+use crate::http::{read_response, Response};
 
 /// How long one read or write of a load client may block: a request that takes longer is a
 /// failure (nginx answers these in milliseconds), and it keeps a hung nginx from hanging a test.
@@ -63,6 +63,9 @@ pub struct LoadReport {
     pub connections: u64,
     /// How long the load ran.
     pub elapsed: Duration,
+    /// Requests sent again on a new connection because nginx had closed the reused keep-alive
+    /// connection before answering any byte (only with [`Load::start_retrying_closed_keepalive`]).
+    pub retried: u64,
 }
 
 /// Running client threads; [`Load::stop`] ends them and collects their [`LoadReport`].
@@ -73,6 +76,9 @@ pub struct Load {
 }
 
 struct Shared {
+    /// Resend a request once, on a new connection, when a reused keep-alive connection turns out
+    /// closed before any byte of the response.
+    retry_closed_keepalive: bool,
     stop: AtomicBool,
     sent: AtomicU64,
     done: AtomicU64,
@@ -81,7 +87,23 @@ struct Shared {
 impl Load {
     /// Starts the clients; they run until [`Load::stop`] or until a limit of `spec` is reached.
     pub fn start(spec: &LoadSpec) -> Load {
+        Load::start_with(spec, false)
+    }
+
+    /// [`Load::start`], with clients that behave as HTTP clients do when a server closes an idle
+    /// keep-alive connection just as they reuse it (RFC 9112, section 9.3.1): if a reused
+    /// connection ends (closed or reset) before any byte of the response, the request is sent
+    /// once more on a new connection, and counted in [`LoadReport::retried`]. nginx closes idle
+    /// keep-alive connections whenever a worker exits (reload, stop), so a load across reloads
+    /// needs this to tell that race from failed requests. A failure on the new connection, or
+    /// after any byte of a response, is a failure as usual.
+    pub fn start_retrying_closed_keepalive(spec: &LoadSpec) -> Load {
+        Load::start_with(spec, true)
+    }
+
+    fn start_with(spec: &LoadSpec, retry_closed_keepalive: bool) -> Load {
         let shared = Arc::new(Shared {
+            retry_closed_keepalive,
             stop: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -122,6 +144,7 @@ impl Load {
             report.transport_errors += part.transport_errors;
             report.failures.extend(part.failures);
             report.connections += part.connections;
+            report.retried += part.retried;
             for (body, n) in part.bodies {
                 *report.bodies.entry(body).or_default() += n;
             }
@@ -137,6 +160,8 @@ fn client(spec: &LoadSpec, shared: &Shared, started: Instant) -> LoadReport {
     let mut report = LoadReport::default();
     let request = format!("GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", spec.path, spec.port);
     let mut connection: Option<BufReader<TcpStream>> = None;
+    // Requests sent on the current connection before this one.
+    let mut served_on_connection = 0u64;
     let fail = |report: &mut LoadReport, status: Option<u16>, detail: String| {
         if report.failures.len() < KEPT_FAILURES {
             report.failures.push(Failure { at: started.elapsed(), status, detail });
@@ -155,6 +180,7 @@ fn client(spec: &LoadSpec, shared: &Shared, started: Instant) -> LoadReport {
                 Ok(stream) => {
                     report.connections += 1;
                     connection = Some(BufReader::new(stream));
+                    served_on_connection = 0;
                 }
                 Err(e) => {
                     report.transport_errors += 1;
@@ -166,8 +192,25 @@ fn client(spec: &LoadSpec, shared: &Shared, started: Instant) -> LoadReport {
             }
         }
         let reader = connection.as_mut().expect("connected just above");
-        let exchange =
-            reader.get_mut().write_all(request.as_bytes()).and_then(|()| read_response(reader));
+        let reused = served_on_connection > 0;
+        let mut exchange = send(reader, &request);
+        if shared.retry_closed_keepalive && reused && matches!(exchange, Err(Exchange::Closed(_))) {
+            report.retried += 1;
+            connection = None;
+            served_on_connection = 0;
+            exchange = match connect(spec.port) {
+                Ok(stream) => {
+                    report.connections += 1;
+                    let reader = connection.insert(BufReader::new(stream));
+                    send(reader, &request)
+                }
+                Err(e) => Err(Exchange::Failed(format!("connect: {e}"))),
+            };
+        }
+        let exchange = exchange.map_err(|e| match e {
+            Exchange::Closed(e) | Exchange::Failed(e) => e,
+        });
+        served_on_connection += 1;
         shared.done.fetch_add(1, Ordering::SeqCst);
         match exchange {
             Ok(response) => {
@@ -193,6 +236,33 @@ fn client(spec: &LoadSpec, shared: &Shared, started: Instant) -> LoadReport {
         }
     }
     report
+}
+
+/// Why an exchange failed: the connection ended before any byte of the response, or otherwise.
+enum Exchange {
+    Closed(String),
+    Failed(String),
+}
+
+/// Sends `request` and reads the response.
+fn send(reader: &mut BufReader<TcpStream>, request: &str) -> Result<Response, Exchange> {
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+        )
+    };
+    if let Err(e) = reader.get_mut().write_all(request.as_bytes()) {
+        let text = format!("send: {e}");
+        return Err(if closed(&e) { Exchange::Closed(text) } else { Exchange::Failed(text) });
+    }
+    match reader.fill_buf() {
+        Ok([]) => return Err(Exchange::Closed("connection closed before the status line".into())),
+        Ok(_) => {}
+        Err(e) if closed(&e) => return Err(Exchange::Closed(e.to_string())),
+        Err(e) => return Err(Exchange::Failed(e.to_string())),
+    }
+    read_response(reader).map_err(|e| Exchange::Failed(e.to_string()))
 }
 
 fn connect(port: u16) -> std::io::Result<TcpStream> {

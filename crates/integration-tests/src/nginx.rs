@@ -261,34 +261,100 @@ http {{
     /// at once) without waiting for it.
     fn spawn(&self, prefix: Prefix, ports: Vec<u16>) -> Nginx {
         let conf = self.write(&prefix, &ports);
-        let output_path = prefix.path.join("logs/stderr.log");
+        let child = spawn_master(&prefix, &conf, false);
+        Nginx {
+            child,
+            prefix,
+            ports,
+            workers: self.workers as usize,
+            stopped: false,
+            expected_log_lines: Vec::new(),
+        }
+    }
+
+    /// Runs `nginx -t` on this configuration like [`Config::check`], but gives up after
+    /// `timeout`: `None` then, with every process of the test killed (it may be stuck, e.g. on a
+    /// lock). The second value of the answer is what nginx printed.
+    pub fn check_within(&self, timeout: Duration) -> Option<(bool, String)> {
+        self.assert_binaries_exist();
+        let prefix = Prefix::create();
+        let conf = self.write(&prefix, &free_ports(self.port_count()));
+        let output_path = prefix.path.join("logs/check.log");
         let output = File::create(&output_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", output_path.display()));
         let mut command = Command::new(&settings().nginx);
         command
+            .arg("-t")
             .args(prefix.nginx_args(&conf))
             .stdin(Stdio::null())
-            .stdout(output.try_clone().expect("clone the nginx output file"))
+            .stdout(output.try_clone().expect("clone the nginx -t output file"))
             .stderr(output)
             .process_group(0);
-        if let Some(preload) = &settings().preload {
-            // A memory checker's runtime (`make asan`), for nginx alone, not the test process.
-            command.env("LD_PRELOAD", preload);
-        }
         // SAFETY: the closure runs in the forked child before exec and only makes one
         // async-signal-safe system call.
         unsafe {
-            // If the test process dies without stopping nginx (killed by a timeout), the master
-            // gets SIGTERM, shuts its workers down and exits: nothing is left behind.
+            // Killed with this thread if the test dies while waiting for it.
             command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let child = spawn_from_lasting_thread(command)
-            .unwrap_or_else(|e| panic!("start {}: {e}", settings().nginx.display()));
-        Nginx { child, prefix, ports, workers: self.workers as usize, stopped: false }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {} -t: {e}", settings().nginx.display()));
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("poll nginx -t") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let group = i32::try_from(child.id()).expect("pid fits in i32");
+                signal(-group, libc::SIGKILL);
+                child.wait().expect("reap nginx -t");
+                break None;
+            }
+            thread::sleep(POLL);
+        };
+        let text = prefix.read("logs/check.log");
+        prefix.remove();
+        status.map(|status| (status.success(), text))
     }
+}
+
+/// Starts an nginx master on `conf` in `prefix`, in its own process group, without waiting for
+/// it. Its output goes to `logs/stderr.log`, appended to if `append`.
+fn spawn_master(prefix: &Prefix, conf: &Path, append: bool) -> Child {
+    let output_path = prefix.path.join("logs/stderr.log");
+    let output = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(&output_path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", output_path.display()));
+    let mut command = Command::new(&settings().nginx);
+    command
+        .args(prefix.nginx_args(conf))
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().expect("clone the nginx output file"))
+        .stderr(output)
+        .process_group(0);
+    if let Some(preload) = &settings().preload {
+        // A memory checker's runtime (`make asan`), for nginx alone, not the test process.
+        command.env("LD_PRELOAD", preload);
+    }
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call.
+    unsafe {
+        // If the test process dies without stopping nginx (killed by a timeout), the master
+        // gets SIGTERM, shuts its workers down and exits: nothing is left behind.
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    spawn_from_lasting_thread(command)
+        .unwrap_or_else(|e| panic!("start {}: {e}", settings().nginx.display()))
 }
 
 /// A running nginx. Call [`Nginx::stop`] at the end of each test: it shuts nginx down and fails
@@ -304,6 +370,9 @@ pub struct Nginx {
     ports: Vec<u16>,
     workers: usize,
     stopped: bool,
+    /// Error-log lines with a bad marker that the test caused on purpose
+    /// ([`Nginx::reload_expecting_failure`]): not problems for [`Nginx::stop`].
+    expected_log_lines: Vec<String>,
 }
 
 impl Nginx {
@@ -383,6 +452,15 @@ impl Nginx {
     /// Reloads the configuration (SIGHUP) and waits until a full new generation of workers
     /// serves and every old worker has exited, so whatever follows sees only the new one.
     pub fn reload(&mut self) {
+        if let Err(since) = self.try_reload() {
+            panic!("reload failed:\n{since}");
+        }
+    }
+
+    /// [`Nginx::reload`], or, if the new configuration is refused (an `[emerg]` in the error
+    /// log), the log lines added since the signal; the old workers then go on serving, and those
+    /// `[emerg]` lines are not problems for [`Nginx::stop`].
+    pub fn try_reload(&mut self) -> Result<(), String> {
         let old = self.worker_pids();
         let log_before = self.error_log().len();
         signal(self.master_pid(), libc::SIGHUP);
@@ -397,13 +475,82 @@ impl Nginx {
             let old_alive = children.iter().any(|p| old.contains(&p.pid));
             let new = children.iter().filter(|p| p.cmdline == WORKER_TITLE).count();
             if !old_alive && new == self.workers {
-                return;
+                return Ok(());
             }
             let log = self.error_log();
             let since = log.get(log_before..).unwrap_or_default();
-            assert!(!since.contains("[emerg]"), "reload failed:\n{since}");
+            if since.contains("[emerg]") {
+                self.expected_log_lines.extend(
+                    since.lines().filter(|line| line.contains("[emerg]")).map(str::to_owned),
+                );
+                assert_eq!(
+                    self.worker_pids(),
+                    old,
+                    "a failed reload changed the workers:\n{since}"
+                );
+                return Err(since.to_owned());
+            }
             assert!(Instant::now() < deadline, "reload did not complete in time:\n{log}");
             thread::sleep(POLL);
+        }
+    }
+
+    /// Sends a reload (SIGHUP) that must fail, e.g. after [`Nginx::rewrite_config`] with an
+    /// error (see [`Nginx::try_reload`]); returns the log lines added since the signal.
+    pub fn reload_expecting_failure(&mut self) -> String {
+        match self.try_reload() {
+            Ok(()) => panic!("the reload succeeded:\n{}", self.error_log()),
+            Err(since) => since,
+        }
+    }
+
+    /// Writes `config` as this nginx's configuration file, with the same prefix and ports
+    /// (`%%PORT%%`... stand for the same ports as at start), for a [`Nginx::reload`] or
+    /// [`Nginx::restart`] to pick up. Panics if `config` needs more ports than nginx was given.
+    pub fn rewrite_config(&self, config: &Config) {
+        assert!(
+            config.port_count() <= self.ports.len(),
+            "the new configuration needs {} ports, nginx was started with {}",
+            config.port_count(),
+            self.ports.len()
+        );
+        assert_eq!(
+            config.workers as usize, self.workers,
+            "the new configuration must keep the worker count"
+        );
+        config.write(&self.prefix, &self.ports);
+    }
+
+    /// Stops nginx gracefully (SIGQUIT, as [`Nginx::stop`] does) and starts it again with the
+    /// same prefix, configuration file and ports, keeping its logs. Panics with the error log if
+    /// the master does not exit cleanly, leaves a process behind, or the new one does not come
+    /// up (e.g. another process took one of its ports in between).
+    pub fn restart(&mut self) {
+        if let Some(status) = self.try_wait() {
+            panic!("the master had exited early ({status}):\n{}", self.error_log());
+        }
+        let old_master = self.master_pid();
+        signal(old_master, libc::SIGQUIT);
+        match self.wait_exit() {
+            Some(status) if status.success() => {}
+            Some(status) => panic!("the master exited with {status}:\n{}", self.error_log()),
+            None => {
+                let _ = self.kill();
+                panic!("the master did not exit on SIGQUIT:\n{}", self.error_log());
+            }
+        }
+        // Reaps the master and makes sure none of its workers is left.
+        if let Some(left) = self.kill() {
+            panic!("processes left behind by the stopped nginx: {left}");
+        }
+        let conf = self.prefix.path.join("conf/nginx.conf");
+        self.child = spawn_master(&self.prefix, &conf, true);
+        if let Err(log) = self.wait_ready() {
+            self.stopped = true;
+            panic!(
+                "nginx did not start again (files kept in {}):\n{log}",
+                self.prefix.path.display()
+            );
         }
     }
 
@@ -435,6 +582,7 @@ impl Nginx {
         problems.extend(
             log.lines()
                 .filter(|line| BAD_LOG_MARKERS.iter().any(|m| line.contains(m)))
+                .filter(|line| !self.expected_log_lines.iter().any(|l| l == line))
                 .map(|line| format!("error log: {line}")),
         );
         if problems.is_empty() {

@@ -1,16 +1,16 @@
 //! Telling an upstream's balancer from its configuration (nginx < 1.27.3 has no flag that says
 //! whether a balancer tolerates peer changes).
 //!
-//! - `hash` and `hash ... consistent` leave their `key` in the hash module's server
-//!   configuration, and the consistent one its `points`;
-//! - `ip_hash` and `random` are recognised by their `init_upstream` handler, whose address is
-//!   learned by running their directive once on a scratch upstream ("probing");
+//! - `hash`, `hash ... consistent`, `ip_hash` and `random` are recognised by their
+//!   `init_upstream` handler, whose address is learned by running their directive once on a
+//!   scratch upstream ("probing"). (Their own configurations cannot tell: the hash module's is
+//!   not zeroed when created.)
 //! - `keepalive` wraps the balancer's handler and keeps the original in its configuration;
 //! - only round robin and `least_conn` set `NGX_HTTP_UPSTREAM_BACKUP`;
 //! - anything else (`balancer_by_lua*`, third-party balancers) is `Other`.
 //!
-//! The private configuration layouts below mirror nginx 1.22's
-//! `ngx_http_upstream_{hash,keepalive}_module.c`; they are only read, never written.
+//! The private configuration layout below mirrors nginx 1.22's
+//! `ngx_http_upstream_keepalive_module.c`; it is only read, never written.
 
 use core::ffi::{c_void, CStr};
 use core::mem::MaybeUninit;
@@ -18,18 +18,10 @@ use core::ptr;
 
 use dynamic_upstream_core::balancer::Balancer;
 use nginx_sys::{
-    ngx_array_t, ngx_conf_t, ngx_http_complex_value_t, ngx_http_conf_ctx_t, ngx_http_max_module,
-    ngx_http_upstream_init_pt, ngx_http_upstream_init_round_robin, ngx_http_upstream_module,
-    ngx_http_upstream_srv_conf_t, ngx_module_t, ngx_queue_t, ngx_str_t, ngx_uint_t,
-    NGX_HTTP_UPSTREAM_BACKUP,
+    ngx_array_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_max_module, ngx_http_upstream_init_pt,
+    ngx_http_upstream_init_round_robin, ngx_http_upstream_module, ngx_http_upstream_srv_conf_t,
+    ngx_module_t, ngx_queue_t, ngx_str_t, ngx_uint_t, NGX_HTTP_UPSTREAM_BACKUP,
 };
-
-/// `ngx_http_upstream_hash_srv_conf_t`.
-#[repr(C)]
-struct HashConf {
-    key: ngx_http_complex_value_t,
-    points: *mut c_void,
-}
 
 /// `ngx_http_upstream_keepalive_srv_conf_t`.
 #[repr(C)]
@@ -46,7 +38,8 @@ struct KeepaliveConf {
 
 /// What a configuration's balancer modules look like, learned once per configuration load.
 pub struct Probe {
-    hash: Option<ngx_uint_t>,
+    hash: ngx_http_upstream_init_pt,
+    consistent_hash: ngx_http_upstream_init_pt,
     keepalive: Option<(ngx_uint_t, ngx_http_upstream_init_pt)>,
     ip_hash: ngx_http_upstream_init_pt,
     random: ngx_http_upstream_init_pt,
@@ -148,7 +141,6 @@ impl Probe {
     /// # Safety
     /// `cf` must be the http configuration in postconfiguration.
     pub unsafe fn run(cf: &mut ngx_conf_t) -> Probe {
-        let hash = find_module(cf, c"ngx_http_upstream_hash_module").map(|m| m.ctx_index);
         let mut probe_module = |name: &CStr, args: &[&'static CStr]| {
             let module = find_module(cf, name)?;
             // SAFETY: `cf` is the http configuration in postconfiguration (our caller's promise).
@@ -159,7 +151,12 @@ impl Probe {
             .map(|(index, init)| (index, Some(init)));
         let ip_hash = probe_module(c"ngx_http_upstream_ip_hash_module", &[c"ip_hash"]).map(|p| p.1);
         let random = probe_module(c"ngx_http_upstream_random_module", &[c"random"]).map(|p| p.1);
-        Probe { hash, keepalive, ip_hash, random }
+        // A constant key: compiling it registers no variable.
+        let hash_module = c"ngx_http_upstream_hash_module";
+        let hash = probe_module(hash_module, &[c"hash", c"k"]).map(|p| p.1);
+        let consistent_hash =
+            probe_module(hash_module, &[c"hash", c"k", c"consistent"]).map(|p| p.1);
+        Probe { hash, consistent_hash, keepalive, ip_hash, random }
     }
 
     /// The balancer of a configured upstream, after every `init_upstream` handler ran.
@@ -170,18 +167,6 @@ impl Probe {
         // SAFETY: explicit upstreams carry a server configuration for every http module, and the
         // module indexes come from the same cycle.
         let module_conf = |index: ngx_uint_t| unsafe { *uscf.srv_conf.add(index) as *const u8 };
-
-        if let Some(index) = self.hash {
-            // SAFETY: the hash module's configuration of this upstream (see the layouts above).
-            let conf = unsafe { &*(module_conf(index) as *const HashConf) };
-            if conf.key.value.len != 0 {
-                return if conf.points.is_null() {
-                    Balancer::Hash
-                } else {
-                    Balancer::ConsistentHash
-                };
-            }
-        }
 
         let mut init = uscf.peer.init_upstream;
         if let Some((index, keepalive_init)) = self.keepalive {
@@ -195,6 +180,10 @@ impl Probe {
 
         if init.is_none() || same(init, Some(ngx_http_upstream_init_round_robin)) {
             Balancer::RoundRobin
+        } else if same(init, self.hash) {
+            Balancer::Hash
+        } else if same(init, self.consistent_hash) {
+            Balancer::ConsistentHash
         } else if same(init, self.ip_hash) {
             Balancer::IpHash
         } else if same(init, self.random) {

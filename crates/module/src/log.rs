@@ -11,6 +11,23 @@ pub fn conf(cf: &mut ngx_conf_t, level: u32, msg: &str) {
     }
 }
 
+/// A message about the configuration that names its own location: nginx adds none.
+pub fn conf_at(cf: &mut ngx_conf_t, level: u32, msg: &str) {
+    // SAFETY: `cf->log` is the configuration's log; the message outlives the call.
+    unsafe {
+        if (*cf.log).log_level >= level as ngx_uint_t {
+            ngx_log_error_core(
+                level as ngx_uint_t,
+                cf.log,
+                0,
+                c"%*s".as_ptr(),
+                msg.len(),
+                msg.as_ptr(),
+            );
+        }
+    }
+}
+
 /// An error in the running cycle's log.
 pub fn error(msg: &str) {
     // SAFETY: a worker's cycle and its log exist while it runs.

@@ -606,12 +606,15 @@ pub fn snapshot(upstream: &ZonedUpstream) -> Result<Vec<StatePeer>, AddressError
 /// The longest peer name nginx writes (`NGX_SOCKADDR_STRLEN`).
 const MAX_NAME_LEN: usize = 113;
 
+/// A peer's settings as a state file records them. Configured values beyond what a state file
+/// holds (more than 2^32 - 1, which nginx would accept) are written as that maximum.
 fn settings_of(p: &ngx_http_upstream_rr_peer_t, backup: bool) -> PeerSettings {
+    let clamp = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
     PeerSettings {
-        weight: p.weight as u32,
-        max_fails: p.max_fails as u32,
-        fail_timeout: p.fail_timeout as u32,
-        max_conns: p.max_conns as u32,
+        weight: clamp(p.weight as i64).max(1),
+        max_fails: clamp(p.max_fails as i64),
+        fail_timeout: clamp(p.fail_timeout),
+        max_conns: clamp(p.max_conns as i64),
         down: p.down != 0,
         backup,
     }

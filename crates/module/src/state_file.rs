@@ -385,7 +385,7 @@ pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mu
             );
             let upstream = String::from_utf8_lossy(bytes::ngx_str(&(*uscf).host)).into_owned();
             if (*uscf).shm_zone.is_null() {
-                log::conf(
+                log::conf_at(
                     cf,
                     NGX_LOG_EMERG,
                     &format!(
@@ -404,7 +404,7 @@ pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mu
             if servers.iter().any(|s| s.backup() != 0)
                 && (*uscf).flags & NGX_HTTP_UPSTREAM_BACKUP as ngx_uint_t == 0
             {
-                log::conf(
+                log::conf_at(
                     cf,
                     NGX_LOG_EMERG,
                     &format!(
@@ -416,7 +416,7 @@ pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mu
                 return ngx::core::NGX_CONF_ERROR as *mut c_char;
             }
             (*uscf).servers = state.servers;
-            log::conf(
+            log::conf_at(
                 cf,
                 NGX_LOG_NOTICE,
                 &format!(
