@@ -24,7 +24,9 @@ RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=$target_dir \
     --target x86_64-unknown-linux-gnu
 module=$root/build/asan/ngx_http_lua_dynamic_upstream_module.so
 mkdir -p "$(dirname "$module")"
-cp "$target_dir/x86_64-unknown-linux-gnu/release/libngx_http_lua_dynamic_upstream_module.so" "$module"
+# Replaced by rename: a running nginx may have the old file mapped.
+cp "$target_dir/x86_64-unknown-linux-gnu/release/libngx_http_lua_dynamic_upstream_module.so" "$module.tmp"
+mv -f "$module.tmp" "$module"
 
 # Reports go to files: the workers' stderr is not the tests'. The workers run as nobody.
 reports=$(mktemp -d /tmp/dynup-asan.XXXXXX)

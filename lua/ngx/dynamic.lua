@@ -150,8 +150,6 @@ local function not_in_init(fname)
 end
 
 -- Option names and their Lua types, per function.
-local NUMBER_OPTIONS = { "weight", "max_fails", "fail_timeout", "max_conns" }
-local BOOLEAN_OPTIONS = { "down", "backup" }
 local ADD_OPTIONS = { weight = "number", max_fails = "number", fail_timeout = "number",
                       max_conns = "number", down = "boolean", backup = "boolean" }
 local UPDATE_OPTIONS = { weight = "number", max_fails = "number", fail_timeout = "number",
@@ -178,16 +176,20 @@ local function fill_options(fname, pos, opts, allowed)
                   .. want .. ", got " .. type(v) .. ")", 3)
         end
     end
-    for _, k in ipairs(NUMBER_OPTIONS) do
-        local v = opts[k]
-        options["has_" .. k] = v ~= nil and 1 or 0
-        options[k] = v or 0
-    end
-    for _, k in ipairs(BOOLEAN_OPTIONS) do
-        local v = opts[k]
-        options["has_" .. k] = v ~= nil and 1 or 0
-        options[k] = v and 1 or 0
-    end
+    local weight, max_fails, fail_timeout, max_conns, down, backup =
+        opts.weight, opts.max_fails, opts.fail_timeout, opts.max_conns, opts.down, opts.backup
+    options.has_weight = weight ~= nil and 1 or 0
+    options.weight = weight or 0
+    options.has_max_fails = max_fails ~= nil and 1 or 0
+    options.max_fails = max_fails or 0
+    options.has_fail_timeout = fail_timeout ~= nil and 1 or 0
+    options.fail_timeout = fail_timeout or 0
+    options.has_max_conns = max_conns ~= nil and 1 or 0
+    options.max_conns = max_conns or 0
+    options.has_down = down ~= nil and 1 or 0
+    options.down = down and 1 or 0
+    options.has_backup = backup ~= nil and 1 or 0
+    options.backup = backup and 1 or 0
 end
 
 local function changed(rc)
@@ -258,7 +260,10 @@ function _M.set_peer_down(target, server, down)
     if err then
         return nil, err
     end
-    fill_options("set_peer_down", 3, { down = down ~= false }, UPDATE_OPTIONS)
+    -- Only `down` given: the record is filled directly, without a table to check.
+    options.has_weight, options.has_max_fails, options.has_fail_timeout = 0, 0, 0
+    options.has_max_conns, options.has_backup, options.has_down = 0, 0, 1
+    options.down = down == false and 0 or 1
     err_len[0] = ERR_CAP
     return changed(C.ngx_dynamic_upstream_ffi_update_peer(target, #target, server, #server,
                                                           options, err_buf, err_len))

@@ -58,8 +58,9 @@ pub struct UpstreamConf {
 /// Most peers one list is sized for. Each request pays for a bitmap of `capacity` bits.
 const MAX_CAPACITY: usize = 16384;
 
-/// Zone bytes a peer takes at the least (peer struct, sockaddr, name and server chunks).
-const MIN_PEER_BYTES: usize = 640;
+/// Zone bytes a peer takes at the least: its peer struct, sockaddr, name and server chunks
+/// (about 580 measured), and its share of the index (two 16-byte slots).
+const MIN_PEER_BYTES: usize = 672;
 
 pub extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: nginx passes the configuration being parsed.
@@ -208,13 +209,13 @@ unsafe fn init_upstream(
         let (shared, slots) = {
             let slab = SlabGuard::lock((*primary).shpool);
             let shared = slab.calloc(size_of::<SharedState>()) as *mut SharedState;
-            let slots = slab.calloc(PeerIndex::slots_for(capacity) * size_of::<usize>());
+            let slots = slab.calloc(PeerIndex::bytes_for(capacity));
             if shared.is_null() || slots.is_null() {
                 slab.free(shared);
                 slab.free(slots);
                 return Err(());
             }
-            (shared, slots as *mut usize)
+            (shared, slots)
         };
         let index = PeerIndex::new(slots, capacity);
         let _lock = PeersGuard::write(primary);
@@ -226,7 +227,7 @@ unsafe fn init_upstream(
             }
             let mut peer = (*peers).peer;
             while !peer.is_null() {
-                index.insert(peer, list == 1);
+                index.insert(peer, list == 1, tail[list]);
                 tail[list] = peer;
                 peer = (*peer).next;
             }

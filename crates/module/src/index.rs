@@ -2,9 +2,10 @@
 //! the same with 10,000 peers as with 10.
 //!
 //! Open addressing with linear probing over a power-of-two table sized for twice the upstream's
-//! capacity (so it is at most half full), holding peer pointers tagged with the list they are in
-//! (bit 0: backup). Deletion shifts later entries back instead of leaving tombstones, so lookups
-//! never degrade after churn. Every function requires the write locks of both lists (or, at
+//! capacity (so it is at most half full). Each entry holds a peer pointer tagged with the list
+//! it is in (bit 0: backup) and the peer before it in that list, which nginx's singly linked
+//! lists cannot give without a walk: removal is then as cheap as a lookup. Deletion shifts later
+//! entries back instead of leaving tombstones, so lookups never degrade after churn. Every function requires the write locks of both lists (or, at
 //! startup, that no other process exists yet): the table belongs to the upstream, not to a list.
 
 use dynamic_upstream_core::address::names_peer;
@@ -17,8 +18,25 @@ type Peer = ngx_http_upstream_rr_peer_t;
 /// The index of one upstream: `mask + 1` slots in the zone.
 #[repr(C)]
 pub struct PeerIndex {
-    slots: *mut usize,
+    slots: *mut Slot,
     mask: usize,
+}
+
+/// One slot: empty when `peer` is 0.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot {
+    /// The peer's address, bit 0 set for a backup peer.
+    peer: usize,
+    /// The peer before it in its list; NULL for the first.
+    prev: *mut Peer,
+}
+
+/// A peer found in the index.
+pub struct Entry {
+    pub peer: *mut Peer,
+    pub backup: bool,
+    pub prev: *mut Peer,
 }
 
 /// FNV-1a: short keys, no adversary with control over collisions beyond their own peers.
@@ -44,58 +62,84 @@ unsafe fn key<'a>(peer: *const Peer) -> &'a [u8] {
 }
 
 impl PeerIndex {
-    /// Slots needed for an upstream of this capacity.
-    pub fn slots_for(capacity: usize) -> usize {
-        (2 * capacity).next_power_of_two()
+    /// Bytes of zone memory the index of an upstream of this capacity takes.
+    pub fn bytes_for(capacity: usize) -> usize {
+        (2 * capacity).next_power_of_two() * size_of::<Slot>()
     }
 
-    /// An index over zeroed memory of `slots_for(capacity)` words.
-    pub fn new(slots: *mut usize, capacity: usize) -> Self {
-        PeerIndex { slots, mask: Self::slots_for(capacity) - 1 }
+    /// An index over zeroed zone memory of `bytes_for(capacity)` bytes.
+    pub fn new(slots: *mut u8, capacity: usize) -> Self {
+        PeerIndex { slots: slots.cast(), mask: (2 * capacity).next_power_of_two() - 1 }
     }
 
     /// # Safety
-    /// `i` must be within the table (it always is once masked).
-    unsafe fn slot(&self, i: usize) -> *mut usize {
+    /// The table must be live (it always is once created); `i` is masked into it.
+    unsafe fn slot(&self, i: usize) -> *mut Slot {
         // SAFETY: the table has `mask + 1` slots and `i & mask` is within it.
         unsafe { self.slots.add(i & self.mask) }
     }
 
-    /// The peer with this canonical name, and whether it is in the backup list.
+    /// The slot holding `peer`, which must be in the index.
+    ///
+    /// # Safety
+    /// As [`find`](Self::find); `peer` must be live and indexed.
+    unsafe fn slot_of(&self, peer: *mut Peer) -> usize {
+        // SAFETY: guaranteed by the caller; the probe ends at the peer's slot.
+        unsafe {
+            let mut i = hash(key(peer)) & self.mask;
+            while (*self.slot(i)).peer & !1 != peer as usize {
+                i = (i + 1) & self.mask;
+            }
+            i
+        }
+    }
+
+    /// The peer with this canonical name.
     ///
     /// # Safety
     /// Both list write locks must be held.
-    pub unsafe fn find(&self, name: &str) -> Option<(*mut Peer, bool)> {
+    pub unsafe fn find(&self, name: &str) -> Option<Entry> {
         let mut i = hash(name.as_bytes());
         // At most half full: an empty slot always ends the probe.
         loop {
-            // SAFETY: locks held; every non-zero slot holds a live, linked peer.
-            let entry = unsafe { *self.slot(i) };
-            if entry == 0 {
+            // SAFETY: locks held; every used slot holds a live, linked peer.
+            let slot = unsafe { *self.slot(i) };
+            if slot.peer == 0 {
                 return None;
             }
-            let peer = (entry & !1) as *mut Peer;
+            let peer = (slot.peer & !1) as *mut Peer;
             // SAFETY: as above.
             if names_peer(unsafe { key(peer) }, name) {
-                return Some((peer, entry & 1 != 0));
+                return Some(Entry { peer, backup: slot.peer & 1 != 0, prev: slot.prev });
             }
             i = i.wrapping_add(1);
         }
     }
 
-    /// Files a peer that is not in the index yet.
+    /// Files a peer that is not in the index yet, with the peer before it in its list.
     ///
     /// # Safety
     /// Both list write locks must be held, `peer` must be live and the index below half full.
-    pub unsafe fn insert(&self, peer: *mut Peer, backup: bool) {
-        // SAFETY: guaranteed by the caller.
-        let mut i = hash(unsafe { key(peer) });
-        // SAFETY: as above; the table always has an empty slot.
+    pub unsafe fn insert(&self, peer: *mut Peer, backup: bool, prev: *mut Peer) {
+        // SAFETY: guaranteed by the caller; the table always has an empty slot.
         unsafe {
-            while *self.slot(i) != 0 {
+            let mut i = hash(key(peer));
+            while (*self.slot(i)).peer != 0 {
                 i = i.wrapping_add(1);
             }
-            *self.slot(i) = peer as usize | usize::from(backup);
+            *self.slot(i) = Slot { peer: peer as usize | usize::from(backup), prev };
+        }
+    }
+
+    /// Records the peer now before `peer` in its list.
+    ///
+    /// # Safety
+    /// Both list write locks must be held; `peer` must be live and indexed.
+    pub unsafe fn set_prev(&self, peer: *mut Peer, prev: *mut Peer) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let i = self.slot_of(peer);
+            (*self.slot(i)).prev = prev;
         }
     }
 
@@ -104,31 +148,27 @@ impl PeerIndex {
     /// # Safety
     /// Both list write locks must be held and `peer` must be live.
     pub unsafe fn remove(&self, peer: *mut Peer) {
-        // SAFETY: guaranteed by the caller.
-        let mut hole = hash(unsafe { key(peer) }) & self.mask;
-        // SAFETY: locks held; the peer is in the table, so the probe finds it.
+        // SAFETY: locks held; the peer is in the table.
         unsafe {
-            while *self.slot(hole) & !1 != peer as usize {
-                hole = (hole + 1) & self.mask;
-            }
+            let mut hole = self.slot_of(peer);
             // Shift back every later entry of the probe run that may live in the hole.
             let mut j = hole;
             loop {
                 j = (j + 1) & self.mask;
-                let entry = *self.slot(j);
-                if entry == 0 {
+                let slot = *self.slot(j);
+                if slot.peer == 0 {
                     break;
                 }
-                let home = hash(key((entry & !1) as *const Peer)) & self.mask;
+                let home = hash(key((slot.peer & !1) as *const Peer)) & self.mask;
                 // Does `home` lie cyclically outside (hole, j]? Then the entry can fill the hole.
                 let movable =
                     if hole <= j { home <= hole || home > j } else { home <= hole && home > j };
                 if movable {
-                    *self.slot(hole) = entry;
+                    *self.slot(hole) = slot;
                     hole = j;
                 }
             }
-            *self.slot(hole) = 0;
+            *self.slot(hole) = Slot { peer: 0, prev: core::ptr::null_mut() };
         }
     }
 }

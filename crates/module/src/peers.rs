@@ -117,6 +117,8 @@ struct Locked {
 struct Found {
     list: usize,
     peer: *mut ngx_http_upstream_rr_peer_t,
+    /// The peer before it in its list; NULL for the first.
+    prev: *mut ngx_http_upstream_rr_peer_t,
 }
 
 impl Locked {
@@ -126,30 +128,11 @@ impl Locked {
     /// `shared` must be this upstream's state.
     unsafe fn find(&self, shared: &SharedState, addr: &ServerAddress) -> Option<Found> {
         // SAFETY: both lists are write-locked, as the index requires.
-        unsafe { shared.index.find(addr.name()) }
-            .map(|(peer, backup)| Found { list: usize::from(backup), peer })
-    }
-
-    /// The peer before `peer` in its list (NULL for the first). Removal is the one change that
-    /// walks a list: nginx's lists are singly linked.
-    ///
-    /// # Safety
-    /// `peer` must be in list `list`.
-    unsafe fn prev_of(
-        &self,
-        list: usize,
-        peer: *mut ngx_http_upstream_rr_peer_t,
-    ) -> *mut ngx_http_upstream_rr_peer_t {
-        // SAFETY: the list is write-locked and holds `peer`, so the walk ends at it.
-        unsafe {
-            let mut prev = ptr::null_mut();
-            let mut p = (*self.lists[list]).peer;
-            while p != peer {
-                prev = p;
-                p = (*p).next;
-            }
-            prev
-        }
+        unsafe { shared.index.find(addr.name()) }.map(|entry| Found {
+            list: usize::from(entry.backup),
+            peer: entry.peer,
+            prev: entry.prev,
+        })
     }
 
     /// Updates a list's counters for a peer entering (`sign` 1) or leaving (-1) the sums:
@@ -429,12 +412,13 @@ pub fn add_peer(
                 }
                 // Appended, so that the positions of existing peers (the bits requests keep in
                 // their `tried` bitmaps) do not move.
-                match shared.tail[list].as_mut() {
+                let tail = shared.tail[list];
+                match tail.as_mut() {
                     Some(tail) => tail.next = new.peer,
                     None => (*locked.lists[list]).peer = new.peer,
                 }
                 shared.tail[list] = new.peer;
-                shared.index.insert(new.peer, list == BACKUP);
+                shared.index.insert(new.peer, list == BACKUP, tail);
                 shared.count[list] += 1;
                 locked.account(list, &*new.peer, 1);
                 locked.settle(shared);
@@ -470,14 +454,15 @@ pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(),
     }
     // SAFETY: both lists are write-locked; `found` is in list `found.list`.
     unsafe {
-        let prev = locked.prev_of(found.list, found.peer);
-        let next = (*found.peer).next;
+        let (prev, next) = (found.prev, (*found.peer).next);
         match prev.as_mut() {
             Some(prev) => prev.next = next,
             None => (*locked.lists[found.list]).peer = next,
         }
-        if shared.tail[found.list] == found.peer {
+        if next.is_null() {
             shared.tail[found.list] = prev;
+        } else {
+            shared.index.set_prev(next, prev);
         }
         shared.index.remove(found.peer);
         shared.count[found.list] -= 1;
