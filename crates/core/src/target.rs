@@ -64,23 +64,27 @@ impl fmt::Display for TargetError {
 
 impl std::error::Error for TargetError {}
 
-/// Finds the upstream a target names: its index in `upstreams`.
-pub fn resolve(upstreams: &[Upstream<'_>], target: &[u8]) -> Result<usize, TargetError> {
-    if let Some(i) = upstreams.iter().position(|u| u.name == target) {
-        return match upstreams[i].zone {
+/// Finds the upstream a target names: its index in `upstreams` (any cloneable sequence, so the
+/// caller need not collect the configuration into a vector on every call).
+pub fn resolve<'a>(
+    upstreams: impl IntoIterator<Item = Upstream<'a>, IntoIter: Clone>,
+    target: &[u8],
+) -> Result<usize, TargetError> {
+    let upstreams = upstreams.into_iter();
+    if let Some((i, u)) = upstreams.clone().enumerate().find(|(_, u)| u.name == target) {
+        return match u.zone {
             Some(_) => Ok(i),
             None => Err(TargetError::NoZone(target.to_vec())),
         };
     }
 
-    let mut sharing = upstreams.iter().enumerate().filter(|(_, u)| u.zone == Some(target));
+    let mut sharing = upstreams.clone().enumerate().filter(|(_, u)| u.zone == Some(target));
     match (sharing.next(), sharing.next()) {
         (None, _) => Err(TargetError::Unknown(target.to_vec())),
         (Some((i, _)), None) => Ok(i),
         (Some(_), Some(_)) => Err(TargetError::SharedZone {
             zone: target.to_vec(),
             upstreams: upstreams
-                .iter()
                 .filter(|u| u.zone == Some(target))
                 .map(|u| u.name.to_vec())
                 .collect(),
@@ -111,25 +115,25 @@ mod tests {
 
     #[test]
     fn zone_name_finds_its_only_upstream() {
-        assert_eq!(resolve(&config(), b"dynamic_foo"), Ok(0));
+        assert_eq!(resolve(config(), b"dynamic_foo"), Ok(0));
     }
 
     #[test]
     fn upstream_name_finds_the_upstream() {
-        assert_eq!(resolve(&config(), b"foo"), Ok(0));
-        assert_eq!(resolve(&config(), b"a"), Ok(1));
-        assert_eq!(resolve(&config(), b"b"), Ok(2));
-        assert_eq!(resolve(&config(), b"same"), Ok(4));
+        assert_eq!(resolve(config(), b"foo"), Ok(0));
+        assert_eq!(resolve(config(), b"a"), Ok(1));
+        assert_eq!(resolve(config(), b"b"), Ok(2));
+        assert_eq!(resolve(config(), b"same"), Ok(4));
     }
 
     #[test]
     fn upstream_name_wins_over_a_zone_of_the_same_name() {
-        assert_eq!(resolve(&config(), b"dynamic_bar"), Ok(5));
+        assert_eq!(resolve(config(), b"dynamic_bar"), Ok(5));
     }
 
     #[test]
     fn shared_zone_is_ambiguous_and_lists_the_upstreams() {
-        let err = resolve(&config(), b"shared").unwrap_err();
+        let err = resolve(config(), b"shared").unwrap_err();
         assert_eq!(
             err.to_string(),
             "zone \"shared\" is shared by upstreams a, b: name the upstream"
@@ -138,26 +142,26 @@ mod tests {
 
     #[test]
     fn upstream_without_zone_is_not_managed() {
-        let err = resolve(&config(), b"plain").unwrap_err();
+        let err = resolve(config(), b"plain").unwrap_err();
         assert_eq!(err.to_string(), "upstream \"plain\" has no zone");
     }
 
     #[test]
     fn unknown_name() {
-        let err = resolve(&config(), b"nope").unwrap_err();
+        let err = resolve(config(), b"nope").unwrap_err();
         assert_eq!(err.to_string(), "no upstream zone \"nope\"");
-        assert_eq!(resolve(&[], b"").unwrap_err().to_string(), "no upstream zone \"\"");
+        assert_eq!(resolve([], b"").unwrap_err().to_string(), "no upstream zone \"\"");
     }
 
     #[test]
     fn huge_and_binary_names_are_echoed_short_and_safe() {
         let huge = vec![b'x'; 1 << 20];
-        let msg = resolve(&config(), &huge).unwrap_err().to_string();
+        let msg = resolve(config(), &huge).unwrap_err().to_string();
         assert!(msg.len() < 200, "{} bytes", msg.len());
         assert!(msg.ends_with("...\""));
 
         let binary = b"\xff\x00z";
-        let msg = resolve(&config(), binary).unwrap_err().to_string();
+        let msg = resolve(config(), binary).unwrap_err().to_string();
         assert_eq!(msg, "no upstream zone \"\u{fffd}\u{0}z\"");
     }
 }

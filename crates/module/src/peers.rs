@@ -77,7 +77,7 @@ impl<'a> Target<'a> {
         }
         // SAFETY: `conf` is the explicit upstream `resolve` found.
         let conf = unsafe { upstream_conf(upstream.conf) };
-        check_legacy(&upstream.name, conf.balancer, change)?;
+        check_legacy(upstream.name, conf.balancer, change)?;
         if conf.shared.is_null() {
             // init_module did not run for this zone (it always does before workers start).
             return Err(ChangeError::NoMemory { zone: upstream.zone_text() }.into());
@@ -172,11 +172,27 @@ impl Locked {
         }
     }
 
-    /// Gives back the memory of removed peers no request uses any more.
+    /// Gives back the memory of removed peers no request uses any more, taking the zone's
+    /// mutex only when there are some.
+    ///
+    /// # Safety
+    /// `shared` must be this upstream's state, `shpool` its zone.
+    unsafe fn reap(&self, shared: &mut SharedState, shpool: *mut nginx_sys::ngx_slab_pool_t) {
+        if shared.graveyard.iter().all(|g| g.is_null()) {
+            return;
+        }
+        // SAFETY: the zone's pool, locked after the lists as nginx orders them.
+        unsafe {
+            let slab = SlabGuard::lock(shpool);
+            self.reap_with(shared, &slab);
+        }
+    }
+
+    /// [`reap`](Self::reap) with the zone's mutex already held.
     ///
     /// # Safety
     /// `shared` must be this upstream's state, `slab` its zone.
-    unsafe fn reap(&self, shared: &mut SharedState, slab: &SlabGuard) {
+    unsafe fn reap_with(&self, shared: &mut SharedState, slab: &SlabGuard) {
         for list in [PRIMARY, BACKUP] {
             if self.lists[list].is_null() {
                 continue;
@@ -422,13 +438,15 @@ pub fn add_peer(
                 shared.count[list] += 1;
                 locked.account(list, &*new.peer, 1);
                 locked.settle(shared);
-                let slab = SlabGuard::lock((*target.primary).shpool);
-                locked.reap(shared, &slab);
+                locked.reap(shared, (*target.primary).shpool);
             }
             Ok(())
         }
     };
 
+    if result.is_ok() && unused_backup_list.is_null() {
+        return Ok(());
+    }
     // SAFETY: the zone's pool; no list lock is held any more.
     let slab = unsafe { SlabGuard::lock((*target.primary).shpool) };
     match result {
@@ -470,8 +488,7 @@ pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(),
         locked.settle(shared);
         (*found.peer).next = shared.graveyard[found.list];
         shared.graveyard[found.list] = found.peer;
-        let slab = SlabGuard::lock((*target.primary).shpool);
-        locked.reap(shared, &slab);
+        locked.reap(shared, (*target.primary).shpool);
     }
     Ok(())
 }
@@ -529,7 +546,7 @@ pub fn zone_usage(upstream: &ZonedUpstream) -> Result<(usize, usize), Error> {
     // SAFETY: this upstream's state and zone, under its list locks.
     unsafe {
         let slab = SlabGuard::lock((*target.primary).shpool);
-        locked.reap(&mut *target.shared, &slab);
+        locked.reap_with(&mut *target.shared, &slab);
         Ok((upstream.zone_size, slab.free_bytes()))
     }
 }

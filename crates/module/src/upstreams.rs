@@ -38,14 +38,16 @@ impl fmt::Display for LookupError {
 /// The explicit `upstream {}` blocks of the running cycle (not the implicit upstreams nginx makes
 /// for `proxy_pass http://host:port`).
 pub struct Upstreams {
-    confs: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    /// The cycle's upstreams, implicit ones included (filtered when read).
+    all: &'static [*mut ngx_http_upstream_srv_conf_t],
 }
 
-/// An upstream whose peers live in a ready shared zone.
+/// An upstream whose peers live in a ready shared zone. Its strings belong to the running
+/// configuration, which outlives every API call.
 pub struct ZonedUpstream {
     pub conf: *mut ngx_http_upstream_srv_conf_t,
-    pub name: Vec<u8>,
-    pub zone: Vec<u8>,
+    pub name: &'static [u8],
+    pub zone: &'static [u8],
     pub zone_size: usize,
     /// The primary peers list in the zone; `next` is the backup list.
     pub peers: *mut ngx_http_upstream_rr_peers_t,
@@ -54,12 +56,12 @@ pub struct ZonedUpstream {
 impl ZonedUpstream {
     /// The upstream's name as error messages show it.
     pub fn name_text(&self) -> String {
-        target::echo(&self.name).to_string()
+        target::echo(self.name).to_string()
     }
 
     /// The zone's name as error messages show it.
     pub fn zone_text(&self) -> String {
-        target::echo(&self.zone).to_string()
+        target::echo(self.zone).to_string()
     }
 }
 
@@ -90,38 +92,41 @@ impl Upstreams {
                 (*umcf).upstreams.elts as *const *mut ngx_http_upstream_srv_conf_t,
                 (*umcf).upstreams.nelts,
             );
-            let confs = all
-                .iter()
-                .copied()
-                .filter(|&u| !u.is_null() && (*u).flags & NGX_HTTP_UPSTREAM_CREATE as usize != 0)
-                .collect();
-            Ok(Upstreams { confs })
+            Ok(Upstreams { all })
         }
     }
 
-    /// Name and zone of every upstream, in configuration order.
-    pub fn entries(&self) -> Vec<target::Upstream<'_>> {
-        self.confs
-            .iter()
-            .map(|&u| {
-                // SAFETY: `u` is a live upstream configuration (see `current`); its host and zone
-                // name strings live as long as the cycle.
-                unsafe {
-                    target::Upstream {
-                        name: bytes::ngx_str(&(*u).host),
-                        zone: (*u).shm_zone.as_ref().map(|z| bytes::ngx_str(&z.shm.name)),
-                    }
+    /// The explicit `upstream {}` blocks with their name and zone, in configuration order.
+    fn explicit(
+        &self,
+    ) -> impl Iterator<Item = (*mut ngx_http_upstream_srv_conf_t, target::Upstream<'static>)> + Clone
+    {
+        self.all.iter().copied().filter_map(|u| {
+            // SAFETY: `u` is NULL or a live upstream configuration (see `current`); its host and
+            // zone name strings live as long as the cycle.
+            unsafe {
+                if u.is_null() || (*u).flags & NGX_HTTP_UPSTREAM_CREATE as usize == 0 {
+                    return None;
                 }
-            })
-            .collect()
+                let name = bytes::ngx_str(&(*u).host);
+                let zone = (*u).shm_zone.as_ref().map(|z| bytes::ngx_str(&z.shm.name));
+                Some((u, target::Upstream { name, zone }))
+            }
+        })
+    }
+
+    /// Name and zone of every upstream, in configuration order.
+    pub fn entries(&self) -> impl Iterator<Item = target::Upstream<'static>> + Clone {
+        self.explicit().map(|(_, entry)| entry)
     }
 
     /// The zoned upstream a Lua `target` names.
     pub fn resolve(&self, name: &[u8]) -> Result<ZonedUpstream, LookupError> {
-        let entries = self.entries();
-        let i = target::resolve(&entries, name).map_err(LookupError::Target)?;
-        let conf = self.confs[i];
-        let zone_name = entries[i].zone.unwrap_or_default().to_vec();
+        let i = target::resolve(self.entries(), name).map_err(LookupError::Target)?;
+        let Some((conf, entry)) = self.explicit().nth(i) else {
+            return Err(LookupError::NoHttp);
+        };
+        let zone_name = entry.zone.unwrap_or_default();
         // SAFETY: `conf` is live; `resolve` only returns upstreams with a zone. The zone module
         // replaces `peer.data` with the peers list it copied into the zone, whose `shpool` is then
         // the zone's own address; before that (in the master) `shpool` is NULL.
@@ -132,11 +137,11 @@ impl Upstreams {
                 || zone.shm.addr.is_null()
                 || (*peers).shpool.cast::<u8>() != zone.shm.addr
             {
-                return Err(LookupError::ZoneNotReady(zone_name));
+                return Err(LookupError::ZoneNotReady(zone_name.to_vec()));
             }
             Ok(ZonedUpstream {
                 conf,
-                name: entries[i].name.to_vec(),
+                name: entry.name,
                 zone: zone_name,
                 zone_size: zone.shm.size,
                 peers,
