@@ -172,7 +172,7 @@ impl Config {
         self.assert_binaries_exist();
         let prefix = Prefix::create();
         let conf = self.write(&prefix, &free_ports(self.port_count()));
-        let output = Command::new(&settings().nginx)
+        let output = nginx_command()
             .arg("-t")
             .args(prefix.nginx_args(&conf))
             .stdin(Stdio::null())
@@ -282,7 +282,7 @@ http {{
         let output_path = prefix.path.join("logs/check.log");
         let output = File::create(&output_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", output_path.display()));
-        let mut command = Command::new(&settings().nginx);
+        let mut command = nginx_command();
         command
             .arg("-t")
             .args(prefix.nginx_args(&conf))
@@ -332,17 +332,13 @@ fn spawn_master(prefix: &Prefix, conf: &Path, append: bool) -> Child {
         .truncate(!append)
         .open(&output_path)
         .unwrap_or_else(|e| panic!("create {}: {e}", output_path.display()));
-    let mut command = Command::new(&settings().nginx);
+    let mut command = nginx_command();
     command
         .args(prefix.nginx_args(conf))
         .stdin(Stdio::null())
         .stdout(output.try_clone().expect("clone the nginx output file"))
         .stderr(output)
         .process_group(0);
-    if let Some(preload) = &settings().preload {
-        // A memory checker's runtime (`make asan`), for nginx alone, not the test process.
-        command.env("LD_PRELOAD", preload);
-    }
     // SAFETY: the closure runs in the forked child before exec and only makes one
     // async-signal-safe system call.
     unsafe {
@@ -744,4 +740,14 @@ impl Prefix {
         // A leftover directory in the temp dir is harmless; failing a passed test is not.
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// A command running the nginx under test, with the memory checker's runtime when one is set
+/// (`make asan`): for nginx alone, not the test process.
+fn nginx_command() -> Command {
+    let mut command = Command::new(&settings().nginx);
+    if let Some(preload) = &settings().preload {
+        command.env("LD_PRELOAD", preload);
+    }
+    command
 }
