@@ -22,7 +22,7 @@ NGINX_128_TREE   := build/nginx-1.28-src
 MODULE_128       := $(NGINX_128_PREFIX)/modules/ngx_http_lua_dynamic_upstream_module.so
 
 .PHONY: all deps nginx-tree module demo demo-stop test unit integration lint asan clean \
-	nginx-1.28 module-1.28
+	nginx-1.28 module-1.28 bench
 
 all: module
 
@@ -36,7 +36,9 @@ nginx-tree: deps
 module: nginx-tree
 	$(CARGO) build --release -p ngx-http-lua-dynamic-upstream
 	@mkdir -p build
-	@cp target/release/libngx_http_lua_dynamic_upstream_module.so $(MODULE)
+	@# Replaced by rename, never rewritten in place: a running nginx has the old file mapped.
+	@cp target/release/libngx_http_lua_dynamic_upstream_module.so $(MODULE).tmp
+	@mv -f $(MODULE).tmp $(MODULE)
 	@echo "built $(MODULE) for nginx $(NGINX_VERSION)"
 
 demo: module
@@ -68,8 +70,15 @@ nginx-1.28:
 module-1.28: deps nginx-1.28
 	NGINX_BUILD_DIR=$(abspath $(NGINX_128_TREE))/objs CARGO_TARGET_DIR=target/nginx-1.28 \
 		$(CARGO) build --release -p ngx-http-lua-dynamic-upstream
-	@cp target/nginx-1.28/release/libngx_http_lua_dynamic_upstream_module.so $(MODULE_128)
+	@cp target/nginx-1.28/release/libngx_http_lua_dynamic_upstream_module.so $(MODULE_128).tmp
+	@mv -f $(MODULE_128).tmp $(MODULE_128)
 	@echo "built $(MODULE_128) for $$($(NGINX_128_PREFIX)/sbin/nginx -v 2>&1)"
+
+# Benchmarks against plain nginx on loopback (about 10 minutes, at most 14): installs wrk if
+# missing, writes build/bench/results.json and docs/benchmarks.md with its plot (scripts/bench.sh).
+bench: module
+	DYNUP_NGINX="$${DYNUP_NGINX:-$(NGINX)}" DYNUP_MODULE="$${DYNUP_MODULE:-$(abspath $(MODULE))}" \
+		CARGO=$(CARGO) scripts/bench.sh
 
 clean:
 	$(CARGO) clean
