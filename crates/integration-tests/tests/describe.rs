@@ -1,54 +1,9 @@
 //! `describe_zone(target)`: every peer field against what the configuration says, and what
 //! traffic changes in them.
 
-use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use integration_tests::{free_ports, lua_server, Backend, Config};
-
-/// A peer as `show()` prints it: field name to `<type> <value>`.
-type Peer = BTreeMap<&'static str, String>;
-
-/// A peer configured as just `server <addr>;`, before any traffic.
-fn default_peer(addr: &str) -> Peer {
-    let number = |n: u32| format!("number {n}");
-    BTreeMap::from([
-        ("name", format!("string {addr}")),
-        ("server", format!("string {addr}")),
-        ("weight", number(1)),
-        ("current_weight", number(0)),
-        ("effective_weight", number(1)),
-        ("max_fails", number(1)),
-        ("fail_timeout", number(10)),
-        ("fails", number(0)),
-        ("max_conns", number(0)),
-        ("conns", number(0)),
-        ("accessed", number(0)),
-        ("checked", number(0)),
-    ])
-}
-
-/// What `show(peers)` prints for `peers`.
-fn show_peers(peers: &[Peer]) -> String {
-    let mut text = String::new();
-    for (i, peer) in peers.iter().enumerate() {
-        for (key, value) in peer {
-            text.push_str(&format!("{}.{key}: {value}\n", i + 1));
-        }
-    }
-    text
-}
-
-/// `show()` output as a map from key path (e.g. `2.fails`) to `<type> <value>`.
-fn parse_show(body: &str) -> BTreeMap<String, String> {
-    body.lines()
-        .map(|line| {
-            let (path, value) =
-                line.split_once(": ").unwrap_or_else(|| panic!("bad line {line:?} in:\n{body}"));
-            (path.to_owned(), value.to_owned())
-        })
-        .collect()
-}
+use integration_tests::{free_ports, lua_server, parse_show, Backend, Config, ExpectedPeer};
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after the Epoch").as_secs()
@@ -74,22 +29,15 @@ fn every_field_matches_the_configuration() {
         ))
         .start();
 
-    let mut tuned = default_peer("127.0.0.1:8001");
-    for (key, value) in [
-        ("weight", 5),
-        ("effective_weight", 5),
-        ("max_fails", 3),
-        ("fail_timeout", 7),
-        ("max_conns", 10),
-    ] {
-        tuned.insert(key, format!("number {value}"));
-    }
-    let mut down = default_peer("127.0.0.1:8003");
-    down.insert("down", "boolean true".into());
-    let mut backup = default_peer("127.0.0.1:8002");
-    backup.insert("backup", "boolean true".into());
+    let tuned = ExpectedPeer::new("127.0.0.1:8001")
+        .set("weight", 5)
+        .set("max_fails", 3)
+        .set("fail_timeout", 7)
+        .set("max_conns", 10);
+    let down = ExpectedPeer::new("127.0.0.1:8003").down(true);
+    let backup = ExpectedPeer::new("127.0.0.1:8002").backup();
     // Primary peers in configuration order, then the backup peers.
-    let expected = show_peers(&[tuned, down, default_peer("127.0.0.1:8004"), backup]);
+    let expected = ExpectedPeer::show(&[tuned, down, ExpectedPeer::new("127.0.0.1:8004"), backup]);
 
     assert_eq!(nginx.get_ok("/t?target=z"), expected, "by zone name");
     assert_eq!(nginx.get_ok("/t?target=u"), expected, "by upstream name");
