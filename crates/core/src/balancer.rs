@@ -8,6 +8,12 @@
 //!   request: an added peer is outside the table, a removed one would be used after it is freed,
 //!   and a new weight is never seen.
 //!
+//! nginx >= 1.27.3 ("modern") counts references to peers and has every balancer check a
+//! configuration counter shared by the upstream's lists: consistent hash and random rebuild their
+//! tables when it moves, so there they take every change (the module moves the counter for them).
+//! Such nginx also marks the upstreams whose balancer allows peers to change
+//! (`NGX_HTTP_UPSTREAM_MODIFY`); without that mark only in-place changes are made.
+//!
 //! A balancer this module cannot identify (`balancer_by_lua*`, third-party modules) may keep
 //! anything: only the changes that alter no list and no weight are allowed there.
 
@@ -112,9 +118,41 @@ pub fn legacy_refusal(balancer: Balancer, change: Change) -> Option<&'static str
     }
 }
 
-/// Checks a change against the legacy table.
-pub fn check_legacy(upstream: &[u8], balancer: Balancer, change: Change) -> Result<(), Refused> {
-    match legacy_refusal(balancer, change) {
+/// Why a modern-nginx balancer cannot take a change, or `None` when it can. `modify` is whether
+/// nginx marked the upstream as one whose peers may change (`NGX_HTTP_UPSTREAM_MODIFY`).
+pub fn modern_refusal(balancer: Balancer, change: Change, modify: bool) -> Option<&'static str> {
+    match (balancer, change) {
+        (_, Change::InPlace) => None,
+        (Balancer::Other, _) => legacy_refusal(balancer, change),
+        (_, Change::Weight) => None,
+        _ if !modify => Some(
+            "does not allow its peers to change (nginx did not mark the upstream \
+             NGX_HTTP_UPSTREAM_MODIFY)",
+        ),
+        _ => None,
+    }
+}
+
+/// Does a change need the configuration counter moved on modern nginx, whatever the list sizes?
+/// Consistent hash and random keep per-worker tables of peer pointers and weights, rebuilt only
+/// when the counter moves.
+pub fn rebuilds_tables(balancer: Balancer, change: Change) -> bool {
+    matches!(balancer, Balancer::ConsistentHash | Balancer::Random) && change != Change::InPlace
+}
+
+/// Checks a change against the table of the nginx generation the module was built for: `modern`
+/// is `None` on legacy nginx, else whether the upstream has `NGX_HTTP_UPSTREAM_MODIFY`.
+pub fn check(
+    upstream: &[u8],
+    balancer: Balancer,
+    change: Change,
+    modern: Option<bool>,
+) -> Result<(), Refused> {
+    let refusal = match modern {
+        None => legacy_refusal(balancer, change),
+        Some(modify) => modern_refusal(balancer, change, modify),
+    };
+    match refusal {
         None => Ok(()),
         Some(reason) => Err(Refused {
             upstream: crate::target::echo(upstream).to_string(),
@@ -150,30 +188,66 @@ mod tests {
     fn list_balancers_take_every_change() {
         for b in [Balancer::RoundRobin, Balancer::LeastConn, Balancer::Hash, Balancer::IpHash] {
             for c in [Change::AddPeer, Change::RemovePeer, Change::Weight] {
-                assert!(check_legacy(b"u", b, c).is_ok(), "{b:?} {c:?}");
+                assert!(check(b"u", b, c, None).is_ok(), "{b:?} {c:?}");
             }
         }
     }
 
     #[test]
     fn table_balancers_refuse_what_they_cannot_see() {
-        assert!(check_legacy(b"u", Balancer::ConsistentHash, Change::AddPeer).is_err());
-        assert!(check_legacy(b"u", Balancer::ConsistentHash, Change::Weight).is_err());
-        assert!(check_legacy(b"u", Balancer::ConsistentHash, Change::RemovePeer).is_ok());
+        assert!(check(b"u", Balancer::ConsistentHash, Change::AddPeer, None).is_err());
+        assert!(check(b"u", Balancer::ConsistentHash, Change::Weight, None).is_err());
+        assert!(check(b"u", Balancer::ConsistentHash, Change::RemovePeer, None).is_ok());
         for c in [Change::AddPeer, Change::RemovePeer, Change::Weight] {
-            assert!(check_legacy(b"u", Balancer::Random, c).is_err());
-            assert!(check_legacy(b"u", Balancer::Other, c).is_err());
+            assert!(check(b"u", Balancer::Random, c, None).is_err());
+            assert!(check(b"u", Balancer::Other, c, None).is_err());
         }
     }
 
     #[test]
     fn refusal_names_the_call_the_upstream_and_the_balancer() {
-        let err = check_legacy(b"pool", Balancer::Random, Change::AddPeer).unwrap_err();
+        let err = check(b"pool", Balancer::Random, Change::AddPeer, None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "add_peer is not supported for upstream \"pool\": its balancer (random) keeps a \
              per-worker peer table and cannot see new peers on nginx < 1.27.3"
         );
+    }
+
+    #[test]
+    fn modern_nginx_lets_table_balancers_take_every_change() {
+        for b in ALL.into_iter().filter(|&b| b != Balancer::Other) {
+            for c in [Change::AddPeer, Change::RemovePeer, Change::Weight, Change::InPlace] {
+                assert!(check(b"u", b, c, Some(true)).is_ok(), "{b:?} {c:?}");
+            }
+        }
+        for c in [Change::AddPeer, Change::RemovePeer, Change::Weight] {
+            assert!(check(b"u", Balancer::Other, c, Some(true)).is_err(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn modern_nginx_without_modify_takes_only_in_place_and_weight_changes() {
+        for b in ALL {
+            assert!(check(b"u", b, Change::InPlace, Some(false)).is_ok());
+            for c in [Change::AddPeer, Change::RemovePeer] {
+                let err = check(b"u", b, c, Some(false)).unwrap_err();
+                if b != Balancer::Other {
+                    assert!(err.to_string().contains("NGX_HTTP_UPSTREAM_MODIFY"), "{err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_table_balancers_need_the_counter_for_every_change() {
+        for b in ALL {
+            for c in [Change::AddPeer, Change::RemovePeer, Change::Weight] {
+                let table = matches!(b, Balancer::ConsistentHash | Balancer::Random);
+                assert_eq!(rebuilds_tables(b, c), table, "{b:?} {c:?}");
+            }
+            assert!(!rebuilds_tables(b, Change::InPlace));
+        }
     }
 
     #[test]

@@ -31,9 +31,12 @@ pub enum ChangeError {
         upstream: String,
         balancer: Balancer,
     },
-    /// Built for nginx >= 1.27.3, whose peer lifecycle (references, `zombie`, configuration
-    /// counter) this module does not follow yet.
-    ModernNginx,
+    /// The peer was made by nginx's resolver from a `server ... resolve` line (nginx >= 1.27.3),
+    /// which adds and removes such peers as DNS answers change.
+    ResolverOwned {
+        peer: String,
+        upstream: String,
+    },
     /// This worker is shutting down (reload or stop): its zone is about to be dropped, so a change
     /// made here would be lost.
     Exiting,
@@ -65,9 +68,10 @@ impl fmt::Display for ChangeError {
                  its balancer ({}) has no backup list",
                 balancer.directive()
             ),
-            ChangeError::ModernNginx => f.write_str(
-                "runtime peer changes are not supported on nginx >= 1.27.3 yet: this module does \
-                 not follow its peer reference counts; list and describe functions work",
+            ChangeError::ResolverOwned { peer, upstream } => write!(
+                f,
+                "peer \"{peer}\" of upstream \"{upstream}\" is managed by nginx's resolver \
+                 (server ... resolve) and cannot be changed through ngx.dynamic"
             ),
             ChangeError::Exiting => f.write_str(
                 "this nginx worker is shutting down (reload or stop): the change was not made",
@@ -100,6 +104,11 @@ mod tests {
         assert_eq!(
             s(ChangeError::NoMemory { zone: "z".into() }),
             "no memory in upstream zone \"z\""
+        );
+        assert_eq!(
+            s(ChangeError::ResolverOwned { peer: "127.0.0.2:80".into(), upstream: "x".into() }),
+            "peer \"127.0.0.2:80\" of upstream \"x\" is managed by nginx's resolver \
+             (server ... resolve) and cannot be changed through ngx.dynamic"
         );
         assert!(s(ChangeError::Full { upstream: "x".into(), capacity: 128 }).contains("128 peers"));
         assert!(s(ChangeError::BackupUnsupported {

@@ -8,6 +8,7 @@
 pub mod address;
 pub mod balancer;
 pub mod change;
+pub mod config_counter;
 pub mod options;
 pub mod state_file;
 pub mod target;
