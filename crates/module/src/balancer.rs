@@ -9,8 +9,8 @@
 //! - only round robin and `least_conn` set `NGX_HTTP_UPSTREAM_BACKUP`;
 //! - anything else (`balancer_by_lua*`, third-party balancers) is `Other`.
 //!
-//! The private configuration layout below mirrors nginx 1.22's
-//! `ngx_http_upstream_keepalive_module.c`; it is only read, never written.
+//! The private layouts below mirror `ngx_http_upstream_keepalive_module.c`, the same in nginx
+//! 1.22 and 1.28; they are only read, never written.
 
 use core::ffi::{c_void, CStr};
 use core::mem::MaybeUninit;
@@ -34,6 +34,23 @@ struct KeepaliveConf {
     free: ngx_queue_t,
     original_init_upstream: ngx_http_upstream_init_pt,
     original_init_peer: nginx_sys::ngx_http_upstream_init_peer_pt,
+}
+
+/// The start of `ngx_http_upstream_keepalive_peer_data_t`: keepalive's per-request data, which
+/// keeps the wrapped balancer's.
+#[cfg(ngx_peer_refs)]
+#[repr(C)]
+pub struct KeepalivePeerData {
+    conf: *mut c_void,
+    upstream: *mut c_void,
+    pub data: *mut c_void,
+}
+
+/// An upstream's balancer, and whether `keepalive` wraps it.
+#[derive(Clone, Copy)]
+pub struct Classified {
+    pub balancer: Balancer,
+    pub keepalive: bool,
 }
 
 /// What a configuration's balancer modules look like, learned once per configuration load.
@@ -163,14 +180,16 @@ impl Probe {
     ///
     /// # Safety
     /// `uscf` must be an explicit `upstream {}` configuration of the cycle that was probed.
-    pub unsafe fn classify(&self, uscf: &ngx_http_upstream_srv_conf_t) -> Balancer {
+    pub unsafe fn classify(&self, uscf: &ngx_http_upstream_srv_conf_t) -> Classified {
         // SAFETY: explicit upstreams carry a server configuration for every http module, and the
         // module indexes come from the same cycle.
         let module_conf = |index: ngx_uint_t| unsafe { *uscf.srv_conf.add(index) as *const u8 };
 
         let mut init = uscf.peer.init_upstream;
+        let mut keepalive = false;
         if let Some((index, keepalive_init)) = self.keepalive {
             if same(init, keepalive_init) {
+                keepalive = true;
                 // SAFETY: keepalive's configuration of this upstream (see the layouts above).
                 init = unsafe {
                     (*(module_conf(index) as *const KeepaliveConf)).original_init_upstream
@@ -178,7 +197,7 @@ impl Probe {
             }
         }
 
-        if init.is_none() || same(init, Some(ngx_http_upstream_init_round_robin)) {
+        let balancer = if init.is_none() || same(init, Some(ngx_http_upstream_init_round_robin)) {
             Balancer::RoundRobin
         } else if same(init, self.hash) {
             Balancer::Hash
@@ -192,7 +211,8 @@ impl Probe {
             Balancer::LeastConn
         } else {
             Balancer::Other
-        }
+        };
+        Classified { balancer, keepalive }
     }
 }
 

@@ -7,11 +7,13 @@ use core::ptr;
 use core::sync::atomic::AtomicUsize;
 
 use dynamic_upstream_core::balancer::Balancer;
+#[cfg(ngx_peer_refs)]
+use dynamic_upstream_core::config_counter::CounterState;
 use nginx_sys::{
-    ngx_conf_t, ngx_cycle_t, ngx_http_conf_ctx_t, ngx_http_upstream_init_peer_pt,
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_conf_ctx_t, ngx_http_upstream_init_peer_pt,
     ngx_http_upstream_main_conf_t, ngx_http_upstream_module, ngx_http_upstream_rr_peer_t,
     ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_error_core,
-    ngx_pcalloc, ngx_uint_t, NGX_HTTP_UPSTREAM_CREATE, NGX_LOG_ERR, NGX_OK,
+    ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_HTTP_UPSTREAM_CREATE, NGX_LOG_ERR, NGX_OK,
 };
 
 use crate::balancer::Probe;
@@ -23,22 +25,31 @@ use crate::state_file::{self, StateFile};
 
 /// Per-upstream state shared by all workers, allocated in the upstream's own zone.
 ///
-/// nginx sizes each request's `tried` bitmap from `peers->number`, so a list that grew while a
-/// request was between tries would have that request write past its bitmap. `number` is
-/// therefore set once, at startup, to `capacity` (a multiple of 64), and the real sizes are kept
-/// here; both lists together hold at most `capacity` peers. Every field is guarded by the write
-/// lock of the list it describes (index 0: primary, 1: backup), the index by both.
+/// `count` is the number of peers in each list that the index holds (every peer but those of
+/// nginx's resolver), at most `capacity` together. On nginx < 1.27.3 nginx sizes each request's
+/// `tried` bitmap from `peers->number`, so a list that grew while a request was between tries
+/// would have that request write past its bitmap: `number` is therefore set once, at startup, to
+/// `capacity` (a multiple of 64). Newer nginx keeps `number` exact and fails requests whose
+/// bitmap may have become too small through its configuration counter; there `request.rs` sizes
+/// every request's bitmap for `capacity` instead, and `counter` says when the counter must move.
+/// Every field is guarded by the write lock of the list it describes (index 0: primary, 1:
+/// backup), the rest by both.
 #[repr(C)]
 pub struct SharedState {
     pub count: [usize; 2],
     pub capacity: usize,
     /// Removed peers whose memory is given back once no request uses them (see `peers.rs`),
     /// linked through `next`.
+    #[cfg(not(ngx_peer_refs))]
     pub graveyard: [*mut ngx_http_upstream_rr_peer_t; 2],
+    /// When a change must move nginx's configuration counter.
+    #[cfg(ngx_peer_refs)]
+    pub counter: CounterState,
     /// Set (by the master, in init_module of a reload) once a newer configuration has read this
     /// upstream's state file: changes made here from then on would be lost, so they are refused.
     pub superseded: AtomicUsize,
-    /// The last peer of each list, where `add_peer` appends.
+    /// The last peer of each list, where `add_peer` appends (unused where nginx's resolver
+    /// changes the lists too: they are walked there).
     pub tail: [*mut ngx_http_upstream_rr_peer_t; 2],
     /// Both lists' peers by name.
     pub index: PeerIndex,
@@ -47,20 +58,30 @@ pub struct SharedState {
 /// The module's configuration of one `upstream {}` block.
 pub struct UpstreamConf {
     pub balancer: Balancer,
-    /// The peer init this module wraps, for upstreams whose peers can be removed.
+    /// `keepalive` wraps the balancer (and its per-request data).
+    pub behind_keepalive: bool,
+    /// The peer init this module wraps (see `request.rs`).
     pub original_init_peer: ngx_http_upstream_init_peer_pt,
+    /// Words of the `tried` bitmap every request of the upstream gets on nginx >= 1.27.3: enough
+    /// for `capacity` peers (set at init_module; 0 leaves nginx's own).
+    pub tried_words: usize,
     /// Set at init_module for zoned upstreams.
     pub shared: *mut SharedState,
     /// `dynamic_state_file`, if configured.
     pub state: *mut StateFile,
+    /// `dynamic_config_counter every_change`: move nginx's configuration counter on every change
+    /// of the peers, as other modules do, instead of only when needed (for comparison).
+    pub bump_every_change: bool,
 }
 
 /// Most peers one list is sized for. Each request pays for a bitmap of `capacity` bits.
 const MAX_CAPACITY: usize = 16384;
 
-/// Zone bytes a peer takes at the least: its peer struct, sockaddr, name and server chunks
-/// (about 580 measured), and its share of the index (two 16-byte slots).
-const MIN_PEER_BYTES: usize = 672;
+/// Zone bytes a peer takes at the least: its peer struct, sockaddr, name and server chunks, and
+/// its share of the index (two 16-byte slots), with room for the slab allocator's overhead:
+/// about 580 + 32 measured on nginx 1.22; on newer nginx the peer struct takes a 512-byte chunk
+/// and the sockaddr and name have nginx's own fixed sizes, 128-byte chunks (about 784 + 32).
+const MIN_PEER_BYTES: usize = if cfg!(ngx_peer_refs) { 1000 } else { 672 };
 
 pub extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: nginx passes the configuration being parsed.
@@ -71,13 +92,54 @@ pub extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         unsafe {
             conf.write(UpstreamConf {
                 balancer: Balancer::Other,
+                behind_keepalive: false,
                 original_init_peer: None,
+                tried_words: 0,
                 shared: ptr::null_mut(),
                 state: ptr::null_mut(),
+                bump_every_change: false,
             })
         };
     }
     conf.cast()
+}
+
+/// The `dynamic_config_counter when_needed | every_change` directive handler.
+pub extern "C" fn set_config_counter(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut core::ffi::c_char {
+    // SAFETY: nginx calls directive handlers with the configuration being parsed and this
+    // module's server configuration of the upstream block; `args` holds the name and one value.
+    let (cf, conf, value) = unsafe {
+        let cf = &mut *cf;
+        let value = *((*cf.args).elts as *const ngx_str_t).add(1);
+        (cf, &mut *(conf as *mut UpstreamConf), crate::bytes::ngx_str(&value))
+    };
+    if !cfg!(ngx_peer_refs) {
+        crate::log::conf(
+            cf,
+            nginx_sys::NGX_LOG_EMERG,
+            "\"dynamic_config_counter\" needs nginx 1.27.3 or newer: this nginx has no \
+             configuration counter",
+        );
+        return ngx::core::NGX_CONF_ERROR as *mut core::ffi::c_char;
+    }
+    conf.bump_every_change = match value {
+        b"when_needed" => false,
+        b"every_change" => true,
+        _ => {
+            let msg = format!(
+                "invalid value \"{}\" in \"dynamic_config_counter\": use when_needed or \
+                 every_change",
+                String::from_utf8_lossy(value)
+            );
+            crate::log::conf(cf, nginx_sys::NGX_LOG_EMERG, &msg);
+            return ngx::core::NGX_CONF_ERROR as *mut core::ffi::c_char;
+        }
+    };
+    ptr::null_mut()
 }
 
 /// This module's configuration of an explicit upstream.
@@ -135,7 +197,9 @@ pub extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             as *const ngx_http_upstream_main_conf_t;
         for uscf in zoned_upstreams(umcf) {
             let conf = upstream_conf(uscf);
-            conf.balancer = probe.classify(&*uscf);
+            let classified = probe.classify(&*uscf);
+            conf.balancer = classified.balancer;
+            conf.behind_keepalive = classified.keepalive;
             if crate::request::wraps(conf.balancer) {
                 conf.original_init_peer = (*uscf).peer.init;
                 (*uscf).peer.init = Some(crate::request::init_peer);
@@ -227,38 +291,55 @@ unsafe fn init_upstream(
             }
             let mut peer = (*peers).peer;
             while !peer.is_null() {
-                index.insert(peer, list == 1, tail[list]);
+                if !crate::peers::resolver_owned(peer) {
+                    index.insert(peer, list == 1, tail[list]);
+                }
                 tail[list] = peer;
                 peer = (*peer).next;
             }
-            if crate::request::wraps(conf.balancer) {
+            if !cfg!(ngx_peer_refs) && crate::request::wraps(conf.balancer) {
                 (*peers).number = capacity;
             }
         }
         shared.write(SharedState {
             count,
             capacity,
+            #[cfg(not(ngx_peer_refs))]
             graveyard: [ptr::null_mut(); 2],
+            // The bitmaps of requests: for the longer list, or the capacity where `request.rs`
+            // widens them.
+            #[cfg(ngx_peer_refs)]
+            counter: CounterState::new(*(*primary).config, {
+                let longest = lists.iter().filter(|l| !l.is_null()).map(|&l| (*l).number).max();
+                let longest = longest.unwrap_or(0);
+                if crate::request::wraps(conf.balancer) {
+                    longest.max(capacity)
+                } else {
+                    longest
+                }
+            }),
             superseded: AtomicUsize::new(0),
             tail,
             index,
         });
         conf.shared = shared;
+        conf.tried_words = dynamic_upstream_core::config_counter::tried_words(capacity);
         Ok(())
     }
 }
 
-/// Peers in a list, by walking it (nginx's `number` may be the capacity).
+/// Peers of a list the index holds (all but nginx's resolver's), by walking it (nginx's `number`
+/// may be the capacity).
 ///
 /// # Safety
 /// `peers` must be a live list whose lock is held or that no other process can reach yet.
-pub unsafe fn list_len(peers: *const ngx_http_upstream_rr_peers_t) -> usize {
+unsafe fn list_len(peers: *const ngx_http_upstream_rr_peers_t) -> usize {
     let mut n = 0;
     // SAFETY: guaranteed by the caller.
     unsafe {
         let mut peer = (*peers).peer;
         while !peer.is_null() {
-            n += 1;
+            n += usize::from(!crate::peers::resolver_owned(peer));
             peer = (*peer).next;
         }
     }

@@ -38,11 +38,19 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: None,
 };
 
-static mut COMMANDS: [ngx_command_t; 2] = [
+static mut COMMANDS: [ngx_command_t; 3] = [
     ngx_command_t {
         name: ngx::ngx_string!("dynamic_state_file"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(state_file::set_state_file),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx::ngx_string!("dynamic_config_counter"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::set_config_counter),
         conf: NGX_HTTP_SRV_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),

@@ -1,4 +1,4 @@
-//! Runtime changes to an upstream's peers in its shared zone (nginx < 1.27.3).
+//! Runtime changes to an upstream's peers in its shared zone.
 //!
 //! Every change follows nginx's own rules for these lists:
 //! - memory is allocated before any lock is taken, and handed back if the change is refused;
@@ -6,16 +6,28 @@
 //!   then backup), so no balancer, `free` or session callback of any worker is inside;
 //! - nothing done under a lock can fail or panic: lookups, links and counter updates only;
 //! - counters are kept exact: `total_weight` (all peers, down ones included), `tries` (peers not
-//!   down), `weighted`, `single` (nginx 1.22's rule: one primary peer and no backup peer), and
-//!   the real list sizes in [`SharedState`] (nginx's `number` holds the capacity);
-//! - a removed peer is unlinked at once and parked in a graveyard; its memory goes back to the
-//!   zone when its `conns` is 0, that is when no request is between the balancer's `get` and
-//!   `free` on it. After `free`, requests only keep a copy of its name (`request.rs`).
+//!   down), `weighted` and `single` with the rule of the nginx built for.
+//!
+//! Where the two nginx generations differ:
+//! - nginx < 1.27.3: `number` holds the capacity (see [`SharedState`]) and `single` means one
+//!   primary peer and no backup list peer. A removed peer is unlinked at once and parked in a
+//!   graveyard; its memory goes back to the zone when its `conns` is 0, that is when no request
+//!   is between the balancer's `get` and `free` on it. After `free`, requests only keep a copy of
+//!   its name (`request.rs`).
+//! - nginx >= 1.27.3: `number` is exact and `single` follows nginx's zone module. Peers are
+//!   allocated as nginx's zone copy allocates them, because nginx frees removed ones itself: a
+//!   removed peer no request holds (`refs`) is freed at once, another is marked `zombie` and
+//!   freed by the `free` of the last request holding it. nginx copies `pc->name` for zoned
+//!   upstreams whose balancer allows changes (`NGX_HTTP_UPSTREAM_MODIFY`), the only ones whose
+//!   lists change here. The configuration counter moves only when a request's view of the lists
+//!   could become unsafe (`config_counter`). Peers made by nginx's resolver are its own: they
+//!   are described, never changed, and since the resolver links and unlinks peers too, positions
+//!   in lists that have such peers are found by walking them.
 
 use core::ptr;
 
-use dynamic_upstream_core::address::{AddressError, Endpoint, ServerAddress};
-use dynamic_upstream_core::balancer::{check_legacy, Change, Refused};
+use dynamic_upstream_core::address::{names_peer, AddressError, Endpoint, ServerAddress};
+use dynamic_upstream_core::balancer::{check, Balancer, Change, Refused};
 use dynamic_upstream_core::change::ChangeError;
 use dynamic_upstream_core::options::{PeerSettings, ValidOptions};
 use dynamic_upstream_core::state_file::StatePeer;
@@ -59,30 +71,87 @@ impl From<Refused> for Error {
     }
 }
 
+/// Is this peer one that nginx's resolver made from a `server ... resolve` line?
+///
+/// # Safety
+/// `peer` must be live.
+#[cfg(ngx_peer_refs)]
+pub unsafe fn resolver_owned(peer: *const ngx_http_upstream_rr_peer_t) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { !(*peer).host.is_null() }
+}
+
+/// Is this peer one that nginx's resolver made? Never, before nginx 1.27.3.
+///
+/// # Safety
+/// None needed; kept `unsafe` like its nginx >= 1.27.3 counterpart.
+#[cfg(not(ngx_peer_refs))]
+pub unsafe fn resolver_owned(_peer: *const ngx_http_upstream_rr_peer_t) -> bool {
+    false
+}
+
+/// Does nginx's resolver keep peers in this list (`server ... resolve`)?
+///
+/// # Safety
+/// `peers` must be a live list.
+unsafe fn has_resolver(peers: *const ngx_http_upstream_rr_peers_t) -> bool {
+    #[cfg(ngx_peer_refs)]
+    // SAFETY: guaranteed by the caller; the templates are set at startup and never change.
+    return unsafe { !(*peers).resolve.is_null() };
+    #[cfg(not(ngx_peer_refs))]
+    {
+        let _ = peers;
+        false
+    }
+}
+
+/// The table of changes the upstream's balancer takes: `None` on nginx < 1.27.3, else whether
+/// nginx marked the upstream as one whose peers may change.
+///
+/// # Safety
+/// `uscf` must be a live upstream configuration.
+unsafe fn modern_flags(uscf: *const nginx_sys::ngx_http_upstream_srv_conf_t) -> Option<bool> {
+    #[cfg(ngx_peer_refs)]
+    // SAFETY: guaranteed by the caller.
+    return Some(unsafe { (*uscf).flags } & nginx_sys::NGX_HTTP_UPSTREAM_MODIFY as ngx_uint_t != 0);
+    #[cfg(not(ngx_peer_refs))]
+    {
+        let _ = uscf;
+        None
+    }
+}
+
 /// An upstream being changed: its lists, zone and this module's state for it.
 struct Target<'a> {
     upstream: &'a ZonedUpstream,
     primary: *mut ngx_http_upstream_rr_peers_t,
     shared: *mut SharedState,
+    balancer: Balancer,
+    #[cfg_attr(not(ngx_peer_refs), allow(dead_code))]
+    bump_every_change: bool,
 }
 
 impl<'a> Target<'a> {
     fn new(upstream: &'a ZonedUpstream, change: Change) -> Result<Self, Error> {
-        if cfg!(ngx_peer_refs) {
-            return Err(ChangeError::ModernNginx.into());
-        }
         // SAFETY: nginx sets ngx_exiting/ngx_quit in this worker's own memory.
         if unsafe { nginx_sys::ngx_exiting != 0 || nginx_sys::ngx_quit != 0 } {
             return Err(ChangeError::Exiting.into());
         }
         // SAFETY: `conf` is the explicit upstream `resolve` found.
         let conf = unsafe { upstream_conf(upstream.conf) };
-        check_legacy(upstream.name, conf.balancer, change)?;
+        // SAFETY: as above.
+        check(upstream.name, conf.balancer, change, unsafe { modern_flags(upstream.conf) })?;
         if conf.shared.is_null() {
             // init_module did not run for this zone (it always does before workers start).
             return Err(ChangeError::NoMemory { zone: upstream.zone_text() }.into());
         }
-        Ok(Target { upstream, primary: upstream.peers, shared: conf.shared })
+        Ok(Target {
+            upstream,
+            primary: upstream.peers,
+            shared: conf.shared,
+            balancer: conf.balancer,
+            bump_every_change: conf.bump_every_change,
+        })
     }
 
     fn upstream_text(&self) -> String {
@@ -94,6 +163,10 @@ impl<'a> Target<'a> {
             .into()
     }
 
+    fn exists(&self, addr: &ServerAddress) -> ChangeError {
+        ChangeError::Exists { peer: addr.name().to_owned(), upstream: self.upstream_text() }
+    }
+
     /// Locks the primary list, and the backup list when there is one (the order every writer of
     /// this module and nginx's own failover path agree on).
     fn lock_all(&self) -> Locked {
@@ -103,13 +176,19 @@ impl<'a> Target<'a> {
         let backup = unsafe { (*self.primary).next };
         // SAFETY: a backup list of a zoned upstream lives in the same zone.
         let backup_lock = (!backup.is_null()).then(|| unsafe { PeersGuard::write(backup) });
-        Locked { lists: [self.primary, backup], _locks: (primary_lock, backup_lock) }
+        let lists = [self.primary, backup];
+        // SAFETY: live lists.
+        let walks = lists.iter().any(|&l| !l.is_null() && unsafe { has_resolver(l) });
+        Locked { lists, walks, _locks: (primary_lock, backup_lock) }
     }
 }
 
 /// Both lists of an upstream, write-locked (the backup one when it exists).
 struct Locked {
     lists: [*mut ngx_http_upstream_rr_peers_t; 2],
+    /// nginx's resolver links and unlinks peers in these lists too, so the neighbours the index
+    /// and `tail` recorded may be stale: positions are found by walking the lists.
+    walks: bool,
     _locks: (PeersGuard, Option<PeersGuard>),
 }
 
@@ -122,22 +201,119 @@ struct Found {
 }
 
 impl Locked {
-    /// The peer an address names, through the upstream's index.
+    /// The peer an address names, through the upstream's index; an error if it is one of
+    /// nginx's resolver's (which the index does not hold).
     ///
     /// # Safety
-    /// `shared` must be this upstream's state.
-    unsafe fn find(&self, shared: &SharedState, addr: &ServerAddress) -> Option<Found> {
-        // SAFETY: both lists are write-locked, as the index requires.
-        unsafe { shared.index.find(addr.name()) }.map(|entry| Found {
-            list: usize::from(entry.backup),
-            peer: entry.peer,
-            prev: entry.prev,
+    /// `target` must be the upstream these lists belong to.
+    unsafe fn find(
+        &self,
+        target: &Target<'_>,
+        addr: &ServerAddress,
+    ) -> Result<Option<Found>, Error> {
+        // SAFETY: this upstream's state; both lists are write-locked, as the index requires.
+        let entry = unsafe { (*target.shared).index.find(addr.name()) };
+        if let Some(entry) = entry {
+            let list = usize::from(entry.backup);
+            let prev = if self.walks {
+                // SAFETY: the list is write-locked and holds the peer.
+                unsafe { self.prev_of(list, entry.peer) }
+            } else {
+                entry.prev
+            };
+            return Ok(Some(Found { list, peer: entry.peer, prev }));
+        }
+        // SAFETY: both lists are write-locked.
+        if self.walks && unsafe { self.resolver_has(addr) } {
+            return Err(ChangeError::ResolverOwned {
+                peer: addr.name().to_owned(),
+                upstream: target.upstream_text(),
+            }
+            .into());
+        }
+        Ok(None)
+    }
+
+    /// Does one of nginx's resolver's peers have this address?
+    ///
+    /// # Safety
+    /// Both lists must be write-locked.
+    unsafe fn resolver_has(&self, addr: &ServerAddress) -> bool {
+        self.lists.iter().filter(|l| !l.is_null()).any(|&list| {
+            // SAFETY: the list is write-locked; its peers are live.
+            unsafe {
+                let mut peer = (*list).peer;
+                while !peer.is_null() {
+                    if resolver_owned(peer)
+                        && names_peer(bytes::ngx_str(&(*peer).name), addr.name())
+                    {
+                        return true;
+                    }
+                    peer = (*peer).next;
+                }
+                false
+            }
         })
     }
 
+    /// The peer before `peer` in its list, by walking it; NULL for the first.
+    ///
+    /// # Safety
+    /// The list must be write-locked and hold `peer`.
+    unsafe fn prev_of(
+        &self,
+        list: usize,
+        peer: *mut ngx_http_upstream_rr_peer_t,
+    ) -> *mut ngx_http_upstream_rr_peer_t {
+        let mut prev = ptr::null_mut();
+        // SAFETY: guaranteed by the caller; the walk ends at `peer`.
+        unsafe {
+            let mut p = (*self.lists[list]).peer;
+            while p != peer {
+                prev = p;
+                p = (*p).next;
+            }
+        }
+        prev
+    }
+
+    /// The last peer of a list, where new peers are appended; NULL when it is empty.
+    ///
+    /// # Safety
+    /// The list must be write-locked and `shared` be this upstream's state.
+    unsafe fn tail(&self, shared: &SharedState, list: usize) -> *mut ngx_http_upstream_rr_peer_t {
+        if !self.walks {
+            return shared.tail[list];
+        }
+        let mut last = ptr::null_mut();
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let mut p = (*self.lists[list]).peer;
+            while !p.is_null() {
+                last = p;
+                p = (*p).next;
+            }
+        }
+        last
+    }
+
+    /// Peers in the primary list.
+    ///
+    /// # Safety
+    /// `shared` must be this upstream's state.
+    unsafe fn primary_len(&self, shared: &SharedState) -> usize {
+        if cfg!(ngx_peer_refs) {
+            // SAFETY: the list is write-locked; nginx keeps `number` exact there.
+            unsafe { (*self.lists[PRIMARY]).number }
+        } else {
+            shared.count[PRIMARY]
+        }
+    }
+
     /// Updates a list's counters for a peer entering (`sign` 1) or leaving (-1) the sums:
-    /// `total_weight` counts every peer, `tries` those not down. nginx 1.22 never changes
-    /// them after startup, so keeping them in step here keeps them exact.
+    /// `total_weight` counts every peer, `tries` those not down, and on nginx >= 1.27.3
+    /// `number` all of them. nginx 1.22 never changes them after startup, so keeping them in
+    /// step here keeps them exact.
     ///
     /// # Safety
     /// The list must be write-locked.
@@ -149,6 +325,86 @@ impl Locked {
             if p.down == 0 {
                 peers.tries = peers.tries.wrapping_add_signed(sign);
             }
+            if cfg!(ngx_peer_refs) {
+                peers.number = peers.number.wrapping_add_signed(sign);
+            }
+        }
+    }
+
+    /// The peers a new request's `tried` bitmap is sized for: the longer list's, or the
+    /// upstream's capacity where `request.rs` widens the bitmaps.
+    ///
+    /// # Safety
+    /// Both lists must be write-locked; `target` is their upstream.
+    #[cfg(ngx_peer_refs)]
+    unsafe fn bitmap_span(&self, target: &Target<'_>) -> usize {
+        let longest = self
+            .lists
+            .iter()
+            .filter(|l| !l.is_null())
+            // SAFETY: guaranteed by the caller.
+            .map(|&l| unsafe { (*l).number })
+            .max()
+            .unwrap_or(0);
+        if crate::request::wraps(target.balancer) {
+            // SAFETY: `capacity` never changes after startup.
+            longest.max(unsafe { (*target.shared).capacity })
+        } else {
+            longest
+        }
+    }
+
+    /// Makes a change visible the way nginx expects: the flags derived from the counters, and on
+    /// nginx >= 1.27.3 the configuration counter when the change needs it (see
+    /// `config_counter`). `span_before` is [`bitmap_span`](Self::bitmap_span) before the change.
+    ///
+    /// # Safety
+    /// `target` must be the upstream these lists belong to; its lists' counters are up to date.
+    #[cfg(ngx_peer_refs)]
+    unsafe fn publish(&self, target: &Target<'_>, span_before: usize, change: Change) {
+        // SAFETY: guaranteed by the caller; both lists are write-locked, which guards the shared
+        // state and the counter (nginx's resolver moves it under the list's write lock too).
+        unsafe {
+            self.settle();
+            let config = (*self.lists[PRIMARY]).config;
+            if config.is_null() {
+                return;
+            }
+            let force = target.bump_every_change
+                || dynamic_upstream_core::balancer::rebuilds_tables(target.balancer, change);
+            let span_after = self.bitmap_span(target);
+            let shared = &mut *target.shared;
+            if shared.counter.change(*config, span_before, span_after, force) {
+                *config = (*config).wrapping_add(1);
+            }
+        }
+    }
+
+    /// Makes a change visible the way nginx expects: the flags derived from the counters.
+    ///
+    /// # Safety
+    /// `target` must be the upstream these lists belong to.
+    #[cfg(not(ngx_peer_refs))]
+    unsafe fn publish(&self, target: &Target<'_>, _span_before: usize, _change: Change) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.settle(&*target.shared) }
+    }
+
+    /// Recomputes the flags derived from the counters, with the rule of nginx's zone module:
+    /// `single` when the primary list has one peer and the backup list none.
+    ///
+    /// # Safety
+    /// Both lists must be write-locked.
+    #[cfg(ngx_peer_refs)]
+    unsafe fn settle(&self) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            for &peers in self.lists.iter().filter(|l| !l.is_null()) {
+                (*peers).set_weighted(((*peers).total_weight != (*peers).number).into());
+            }
+            let (primary, backup) = (self.lists[PRIMARY], self.lists[BACKUP]);
+            let single = (*primary).number == 1 && (backup.is_null() || (*backup).number == 0);
+            (*primary).set_single(single.into());
         }
     }
 
@@ -157,6 +413,7 @@ impl Locked {
     ///
     /// # Safety
     /// `shared` must be this upstream's state.
+    #[cfg(not(ngx_peer_refs))]
     unsafe fn settle(&self, shared: &SharedState) {
         // SAFETY: both lists are write-locked.
         unsafe {
@@ -172,11 +429,57 @@ impl Locked {
         }
     }
 
+    /// Lets a peer just unlinked go, by nginx's own rule: freed now if no request holds it,
+    /// else marked `zombie`, for the `free` of the last request holding it to free.
+    ///
+    /// # Safety
+    /// `target` must be this upstream; the peer was unlinked under the locks still held.
+    #[cfg(ngx_peer_refs)]
+    unsafe fn release(
+        &self,
+        target: &Target<'_>,
+        _list: usize,
+        peer: *mut ngx_http_upstream_rr_peer_t,
+    ) {
+        // SAFETY: the zone's pool, locked after the lists as nginx orders them. `refs` only
+        // changes in a balancer's `get` (under a list write lock) or `free` (under a read
+        // lock): not while this write lock is held.
+        unsafe {
+            let slab = SlabGuard::lock((*target.primary).shpool);
+            if (*peer).refs != 0 {
+                (*peer).set_zombie(1);
+            } else {
+                free_peer(&slab, peer);
+            }
+        }
+    }
+
+    /// Lets a peer just unlinked go: parked in the graveyard until no request uses it.
+    ///
+    /// # Safety
+    /// `target` must be this upstream; the peer was unlinked under the locks still held.
+    #[cfg(not(ngx_peer_refs))]
+    unsafe fn release(
+        &self,
+        target: &Target<'_>,
+        list: usize,
+        peer: *mut ngx_http_upstream_rr_peer_t,
+    ) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let shared = &mut *target.shared;
+            (*peer).next = shared.graveyard[list];
+            shared.graveyard[list] = peer;
+            self.reap(shared, (*target.primary).shpool);
+        }
+    }
+
     /// Gives back the memory of removed peers no request uses any more, taking the zone's
     /// mutex only when there are some.
     ///
     /// # Safety
     /// `shared` must be this upstream's state, `shpool` its zone.
+    #[cfg(not(ngx_peer_refs))]
     unsafe fn reap(&self, shared: &mut SharedState, shpool: *mut nginx_sys::ngx_slab_pool_t) {
         if shared.graveyard.iter().all(|g| g.is_null()) {
             return;
@@ -192,6 +495,7 @@ impl Locked {
     ///
     /// # Safety
     /// `shared` must be this upstream's state, `slab` its zone.
+    #[cfg(not(ngx_peer_refs))]
     unsafe fn reap_with(&self, shared: &mut SharedState, slab: &SlabGuard) {
         for list in [PRIMARY, BACKUP] {
             if self.lists[list].is_null() {
@@ -293,12 +597,19 @@ impl NewPeer {
         let (shpool, needs_backup_list) = unsafe {
             ((*target.primary).shpool, settings.backup && (*target.primary).next.is_null())
         };
+        // nginx >= 1.27.3 frees removed peers itself, and its own peers' parts have fixed sizes
+        // (`ngx_http_upstream_zone_copy_peer`): ours are made the same way.
+        let (sockaddr_size, name_size) = if cfg!(ngx_peer_refs) {
+            (size_of::<nginx_sys::ngx_sockaddr_t>().max(sockaddr.len()), MAX_NAME_LEN)
+        } else {
+            (sockaddr.len(), name.len())
+        };
         // SAFETY: the zone's pool.
         let slab = unsafe { SlabGuard::lock(shpool) };
         let peer = slab.calloc(size_of::<ngx_http_upstream_rr_peer_t>())
             as *mut ngx_http_upstream_rr_peer_t;
-        let sa = slab.calloc(sockaddr.len());
-        let name_data = slab.calloc(name.len());
+        let sa = slab.calloc(sockaddr_size);
+        let name_data = slab.calloc(name_size.max(name.len()));
         let server_data = slab.calloc(server.len());
         let backup_list = if needs_backup_list {
             slab.calloc(size_of::<ngx_http_upstream_rr_peers_t>())
@@ -341,7 +652,15 @@ impl NewPeer {
                 let b = &mut *backup_list;
                 b.shpool = shpool;
                 b.name = (*target.primary).name;
-                b.number = (*target.shared).capacity;
+                #[cfg(ngx_peer_refs)]
+                {
+                    // Both lists share one counter; `number` starts exact, at 0.
+                    b.config = (*target.primary).config;
+                }
+                #[cfg(not(ngx_peer_refs))]
+                {
+                    b.number = (*target.shared).capacity;
+                }
             }
         }
         Ok(NewPeer { peer, backup_list })
@@ -377,12 +696,10 @@ pub fn add_peer(
     settings: &PeerSettings,
 ) -> Result<(), Error> {
     let target = Target::new(upstream, Change::AddPeer)?;
-    // SAFETY: `target.upstream` is the live upstream `resolve` found.
-    let conf_balancer = unsafe { upstream_conf(upstream.conf).balancer };
-    if settings.backup && !conf_balancer.supports_backup() {
+    if settings.backup && !target.balancer.supports_backup() {
         return Err(ChangeError::BackupUnsupported {
             upstream: target.upstream_text(),
-            balancer: conf_balancer,
+            balancer: target.balancer,
         }
         .into());
     }
@@ -390,35 +707,38 @@ pub fn add_peer(
     let new = match unsafe { NewPeer::new(&target, addr, settings) } {
         Ok(new) => new,
         // A full zone must not hide that the peer is there already (callers retry on "exists").
-        // SAFETY: this upstream's state, under the locks `lock_all` takes.
-        Err(e) if unsafe { target.lock_all().find(&*target.shared, addr) }.is_some() => {
-            drop(e);
-            return Err(ChangeError::Exists {
-                peer: addr.name().to_owned(),
-                upstream: target.upstream_text(),
-            }
-            .into());
-        }
-        Err(e) => return Err(e),
+        // SAFETY: this upstream's lists, under the locks `lock_all` takes.
+        Err(e) => match unsafe { target.lock_all().find(&target, addr) } {
+            Ok(Some(_)) => return Err(target.exists(addr).into()),
+            Ok(None) => return Err(e),
+            Err(owned) => return Err(owned),
+        },
     };
     let mut unused_backup_list = new.backup_list;
 
     let result = {
         let mut locked = target.lock_all();
+        // SAFETY: this upstream's lists, under the locks just taken.
+        let found = unsafe { locked.find(&target, addr) };
         // SAFETY: this upstream's state, guarded by the locks just taken.
         let shared = unsafe { &mut *target.shared };
         let list = usize::from(settings.backup);
-        // SAFETY: (both) this upstream's state, under its locks.
-        if unsafe { locked.find(shared, addr) }.is_some() {
-            Err(ChangeError::Exists {
-                peer: addr.name().to_owned(),
-                upstream: target.upstream_text(),
-            })
-        } else if shared.count[PRIMARY] + shared.count[BACKUP] >= shared.capacity {
-            Err(ChangeError::Full { upstream: target.upstream_text(), capacity: shared.capacity })
-        } else {
+        match found {
+            Ok(Some(_)) => Err(target.exists(addr).into()),
+            Err(owned) => Err(owned),
+            Ok(None) if shared.count[PRIMARY] + shared.count[BACKUP] >= shared.capacity => {
+                Err(ChangeError::Full {
+                    upstream: target.upstream_text(),
+                    capacity: shared.capacity,
+                }
+                .into())
+            }
             // SAFETY: both lists are write-locked; the new peer and list are ours to link.
-            unsafe {
+            Ok(None) => unsafe {
+                #[cfg(ngx_peer_refs)]
+                let span_before = locked.bitmap_span(&target);
+                #[cfg(not(ngx_peer_refs))]
+                let span_before = 0;
                 if list == BACKUP && locked.lists[BACKUP].is_null() {
                     // No request can be in a list that did not exist; linking it under the
                     // primary lock publishes it to every failover path at once.
@@ -428,7 +748,7 @@ pub fn add_peer(
                 }
                 // Appended, so that the positions of existing peers (the bits requests keep in
                 // their `tried` bitmaps) do not move.
-                let tail = shared.tail[list];
+                let tail = locked.tail(shared, list);
                 match tail.as_mut() {
                     Some(tail) => tail.next = new.peer,
                     None => (*locked.lists[list]).peer = new.peer,
@@ -437,10 +757,11 @@ pub fn add_peer(
                 shared.index.insert(new.peer, list == BACKUP, tail);
                 shared.count[list] += 1;
                 locked.account(list, &*new.peer, 1);
-                locked.settle(shared);
+                locked.publish(&target, span_before, Change::AddPeer);
+                #[cfg(not(ngx_peer_refs))]
                 locked.reap(shared, (*target.primary).shpool);
-            }
-            Ok(())
+                Ok(())
+            },
         }
     };
 
@@ -457,21 +778,26 @@ pub fn add_peer(
             NewPeer { peer: new.peer, backup_list: unused_backup_list }.discard(&slab)
         },
     }
-    result.map_err(Error::from)
+    result
 }
 
 pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(), Error> {
     let target = Target::new(upstream, Change::RemovePeer)?;
     let locked = target.lock_all();
+    // SAFETY: this upstream's lists, under its locks.
+    let found = unsafe { locked.find(&target, addr) }?.ok_or_else(|| target.not_found(addr))?;
     // SAFETY: this upstream's state, guarded by the locks just taken.
     let shared = unsafe { &mut *target.shared };
-    // SAFETY: this upstream's state, under its locks.
-    let found = unsafe { locked.find(shared, addr) }.ok_or_else(|| target.not_found(addr))?;
-    if found.list == PRIMARY && shared.count[PRIMARY] == 1 {
+    // SAFETY: as above.
+    if found.list == PRIMARY && unsafe { locked.primary_len(shared) } == 1 {
         return Err(ChangeError::LastPrimary { upstream: target.upstream_text() }.into());
     }
     // SAFETY: both lists are write-locked; `found` is in list `found.list`.
     unsafe {
+        #[cfg(ngx_peer_refs)]
+        let span_before = locked.bitmap_span(&target);
+        #[cfg(not(ngx_peer_refs))]
+        let span_before = 0;
         let (prev, next) = (found.prev, (*found.peer).next);
         match prev.as_mut() {
             Some(prev) => prev.next = next,
@@ -479,16 +805,14 @@ pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(),
         }
         if next.is_null() {
             shared.tail[found.list] = prev;
-        } else {
+        } else if !locked.walks {
             shared.index.set_prev(next, prev);
         }
         shared.index.remove(found.peer);
         shared.count[found.list] -= 1;
         locked.account(found.list, &*found.peer, -1);
-        locked.settle(shared);
-        (*found.peer).next = shared.graveyard[found.list];
-        shared.graveyard[found.list] = found.peer;
-        locked.reap(shared, (*target.primary).shpool);
+        locked.publish(&target, span_before, Change::RemovePeer);
+        locked.release(&target, found.list, found.peer);
     }
     Ok(())
 }
@@ -502,12 +826,14 @@ pub fn update_peer(
     let change = if options.weight().is_some() { Change::Weight } else { Change::InPlace };
     let target = Target::new(upstream, change)?;
     let locked = target.lock_all();
-    // SAFETY: this upstream's state, under its locks.
-    let shared = unsafe { &*target.shared };
-    // SAFETY: as above.
-    let found = unsafe { locked.find(shared, addr) }.ok_or_else(|| target.not_found(addr))?;
+    // SAFETY: this upstream's lists, under its locks.
+    let found = unsafe { locked.find(&target, addr) }?.ok_or_else(|| target.not_found(addr))?;
     // SAFETY: the owning list is write-locked (both are).
     unsafe {
+        #[cfg(ngx_peer_refs)]
+        let span_before = locked.bitmap_span(&target);
+        #[cfg(not(ngx_peer_refs))]
+        let span_before = 0;
         let p = &mut *found.peer;
         locked.account(found.list, p, -1);
         if let Some(weight) = options.weight() {
@@ -533,7 +859,7 @@ pub fn update_peer(
             p.down = down.into();
         }
         locked.account(found.list, p, 1);
-        locked.settle(shared);
+        locked.publish(&target, span_before, change);
     }
     Ok(())
 }
@@ -546,7 +872,10 @@ pub fn zone_usage(upstream: &ZonedUpstream) -> Result<(usize, usize), Error> {
     // SAFETY: this upstream's state and zone, under its list locks.
     unsafe {
         let slab = SlabGuard::lock((*target.primary).shpool);
+        #[cfg(not(ngx_peer_refs))]
         locked.reap_with(&mut *target.shared, &slab);
+        #[cfg(ngx_peer_refs)]
+        drop(locked);
         Ok((upstream.zone_size, slab.free_bytes()))
     }
 }
@@ -589,7 +918,9 @@ pub fn snapshot(upstream: &ZonedUpstream) -> Result<Vec<StatePeer>, AddressError
                 let name = unsafe { bytes::ngx_str(&p.name) };
                 let fits = records.len() < records.capacity()
                     && names.len() + name.len() <= names.capacity();
-                if fits {
+                // nginx's resolver's peers come back from DNS, not from the file.
+                // SAFETY: the list is read-locked.
+                if fits && !unsafe { resolver_owned(peer) } {
                     records.push((names.len(), name.len(), settings_of(p, list == BACKUP)));
                     names.extend_from_slice(name);
                 }

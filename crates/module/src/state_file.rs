@@ -352,6 +352,34 @@ unsafe fn servers_array(cf: &mut ngx_conf_t, peers: &[StatePeer]) -> Option<*mut
     }
 }
 
+/// Appends the configured `server ... resolve` lines (nginx >= 1.27.3) to a state file's servers.
+/// Returns false when out of memory.
+///
+/// # Safety
+/// Both must be server arrays of the configuration being parsed; `configured` may be NULL.
+#[cfg(ngx_peer_refs)]
+unsafe fn keep_resolved_servers(state: *mut ngx_array_t, configured: *const ngx_array_t) -> bool {
+    if configured.is_null() {
+        return true;
+    }
+    // SAFETY: guaranteed by the caller; pushed elements are copied whole, as nginx's own array
+    // code does.
+    unsafe {
+        let servers = core::slice::from_raw_parts(
+            (*configured).elts as *const ngx_http_upstream_server_t,
+            (*configured).nelts,
+        );
+        for server in servers.iter().filter(|s| s.host.len != 0) {
+            let slot = ngx_array_push(state) as *mut ngx_http_upstream_server_t;
+            if slot.is_null() {
+                return false;
+            }
+            ptr::copy_nonoverlapping(server, slot, 1);
+        }
+    }
+    true
+}
+
 /// Puts state-file servers in place of the configured ones, before nginx builds the peer lists.
 /// Runs as this module's init_main_conf, which comes before the upstream module's.
 pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mut c_char {
@@ -413,6 +441,11 @@ pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mu
                         state.path.display()
                     ),
                 );
+                return ngx::core::NGX_CONF_ERROR as *mut c_char;
+            }
+            // The resolver's `server ... resolve` lines stay: their peers come from DNS.
+            #[cfg(ngx_peer_refs)]
+            if !keep_resolved_servers(state.servers, (*uscf).servers) {
                 return ngx::core::NGX_CONF_ERROR as *mut c_char;
             }
             (*uscf).servers = state.servers;
