@@ -39,9 +39,15 @@ impl Backend {
     /// Starts a backend on the loopback address `ip` (any of 127.0.0.0/8, so that many peers
     /// with distinct addresses can all be healthy), on a port of the kernel's choosing.
     pub fn start_on(ip: Ipv4Addr) -> Backend {
+        Backend::start_at(ip, 0).unwrap_or_else(|e| panic!("bind a backend on {ip}:0: {e}"))
+    }
+
+    /// Starts a backend on the loopback address `ip` and `port` (0: of the kernel's choosing),
+    /// or gives the error of binding it (e.g. `AddrInUse`): peers that differ in their address
+    /// only, as nginx's `server name:port resolve` makes, listen on one port.
+    pub fn start_at(ip: Ipv4Addr, port: u16) -> std::io::Result<Backend> {
         assert!(ip.is_loopback(), "backends listen on loopback only, not {ip}");
-        let listener =
-            TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind a backend on {ip}:0: {e}"));
+        let listener = TcpListener::bind((ip, port))?;
         let port = listener.local_addr().expect("backend listener address").port();
         let shared = Arc::new(Shared::default());
         let acceptor = {
@@ -51,7 +57,7 @@ impl Backend {
                 .spawn(move || accept_loop(&listener, port, &shared))
                 .expect("spawn a backend accept thread")
         };
-        Backend { ip, port, shared, acceptor: Some(acceptor) }
+        Ok(Backend { ip, port, shared, acceptor: Some(acceptor) })
     }
 
     /// Starts `n` backends.

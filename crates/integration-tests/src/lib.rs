@@ -20,10 +20,13 @@
 //!   `describe_zone` output: many API calls against one nginx, each in its own request.
 //!
 //! Where nginx, our module and the lua modules live comes from the environment ([`Settings`]),
-//! so the same tests run against Debian's nginx and a project-built one.
+//! so the same tests run against Debian's nginx and a project-built one; [`modern`] tells whether
+//! that nginx is 1.27.3 or newer (peer refs and the configuration counter), and
+//! [`Settings::nginx_version`] which version it is.
 
 mod api;
 mod backend;
+mod dns;
 mod http;
 mod load;
 mod lua;
@@ -34,9 +37,10 @@ mod settings;
 
 pub use api::{eval_server, parse_show, post, Evaluated, ExpectedPeer, EVAL_CHUNK, EVAL_PRELUDE};
 pub use backend::Backend;
+pub use dns::Dns;
 pub use http::{get, read_response, Headers, Response};
 pub use load::{Failure, Load, LoadReport, LoadSpec};
 pub use lua::{lua_server, LUA_SHOW};
 pub use nginx::{Config, Module, Nginx};
 pub use ports::free_ports;
-pub use settings::{settings, Settings};
+pub use settings::{modern, settings, NginxVersion, Settings};

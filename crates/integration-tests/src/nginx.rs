@@ -248,7 +248,10 @@ http {{
             let _ = writeln!(conf, "    lua_package_path \"{path}\";");
         }
         let _ = write!(conf, "\n{}}}\n", self.http);
-        let mut conf = conf.replace("%%PORT%%", &ports[0].to_string());
+        let mut conf = match ports.first() {
+            Some(port) => conf.replace("%%PORT%%", &port.to_string()),
+            None => conf,
+        };
         for (i, port) in ports.iter().enumerate() {
             conf = conf.replace(&format!("%%PORT_{i}%%"), &port.to_string());
         }
