@@ -3,13 +3,15 @@
 //! Four parts, each in its own nginx instances (see each module): the data plane (proxied
 //! requests with peers added at runtime against static ones, with wrk), the control plane
 //! (µs per `ngx.dynamic` call, timed inside a worker), propagation between workers, and zone
-//! memory. Writes `build/bench/results.json` (every sample) and `docs/benchmarks.md` with its
-//! plot. Nothing here asserts a figure: targets are reported, met or not.
+//! memory. Writes `build/<name>/results.json` (every sample) and `docs/<name>.md` with its plot,
+//! `<name>` being `benchmarks` or `DYNUP_BENCH_NAME`. Nothing here asserts a figure: targets
+//! are reported, met or not.
 //!
 //! Environment: `DYNUP_NGINX`, `DYNUP_MODULE`, `DYNUP_LUA_MODULES_DIR` and
 //! `DYNUP_LUA_PACKAGE_PATH` choose the nginx build, as for the integration tests;
 //! `DYNUP_BENCH_ROUNDS` and `DYNUP_BENCH_SECONDS` size the data plane; `DYNUP_BENCH_COMMAND`
-//! is the command line the report quotes (`make bench`, set by scripts/bench.sh).
+//! is the command line the report quotes (`make bench`, set by scripts/bench.sh);
+//! `DYNUP_BENCH_NAME` names the outputs (`benchmarks-nginx-1.28` for `make bench-1.28`).
 
 mod control_plane;
 mod data_plane;
@@ -69,7 +71,15 @@ fn main() {
     let budget = Budget { started: Instant::now() };
     let workspace = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
         .expect("the workspace directory");
-    let out_dir = workspace.join("build/bench");
+    let name = env::var("DYNUP_BENCH_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "benchmarks".into());
+    assert!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+        "DYNUP_BENCH_NAME={name:?}: use letters, digits, '-', '_' and '.'"
+    );
+    let out_dir = workspace.join("build").join(if name == "benchmarks" { "bench" } else { &name });
     let docs = workspace.join("docs");
     let rounds = env_number("DYNUP_BENCH_ROUNDS", DEFAULT_ROUNDS as u64) as usize;
     let seconds = env_number("DYNUP_BENCH_SECONDS", DEFAULT_SECONDS);
@@ -115,10 +125,11 @@ fn main() {
     let json = out_dir.join("results.json");
     let text = serde_json::to_string_pretty(&report).expect("serialise the results");
     fs::write(&json, text + "\n").unwrap_or_else(|e| panic!("write {}: {e}", json.display()));
-    let plot_name = "benchmarks-data-plane.svg";
-    plot::draw(&report.data_plane, &docs.join(plot_name));
-    let md = docs.join("benchmarks.md");
-    fs::write(&md, report.markdown(plot_name))
+    let plot_name = format!("{name}-data-plane.svg");
+    plot::draw(&report.data_plane, &docs.join(&plot_name));
+    let md = docs.join(format!("{name}.md"));
+    let results = json.strip_prefix(&workspace).unwrap_or(&json).display().to_string();
+    fs::write(&md, report.markdown(&plot_name, &results))
         .unwrap_or_else(|e| panic!("write {}: {e}", md.display()));
     for t in &report.targets {
         println!(
