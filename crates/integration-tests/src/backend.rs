@@ -42,10 +42,31 @@ impl Backend {
         Backend::start_at(ip, 0).unwrap_or_else(|e| panic!("bind a backend on {ip}:0: {e}"))
     }
 
+    /// Starts backends on each of `ips`, all on one port, in the order of `ips`: the peers
+    /// nginx's `server name:port resolve` makes differ in their address only.
+    pub fn start_sharing_port(ips: &[Ipv4Addr]) -> Vec<Backend> {
+        for _ in 0..100 {
+            let first = Backend::start_on(ips[0]);
+            let port = first.port();
+            let mut backends = vec![first];
+            for &ip in &ips[1..] {
+                match Backend::start_at(ip, port) {
+                    Ok(backend) => backends.push(backend),
+                    // Taken on that address by someone else: try another port for all of them.
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => break,
+                    Err(e) => panic!("bind a backend on {ip}:{port}: {e}"),
+                }
+            }
+            if backends.len() == ips.len() {
+                return backends;
+            }
+        }
+        panic!("found no port free on all of {ips:?}");
+    }
+
     /// Starts a backend on the loopback address `ip` and `port` (0: of the kernel's choosing),
-    /// or gives the error of binding it (e.g. `AddrInUse`): peers that differ in their address
-    /// only, as nginx's `server name:port resolve` makes, listen on one port.
-    pub fn start_at(ip: Ipv4Addr, port: u16) -> std::io::Result<Backend> {
+    /// or gives the error of binding it (e.g. `AddrInUse`).
+    fn start_at(ip: Ipv4Addr, port: u16) -> std::io::Result<Backend> {
         assert!(ip.is_loopback(), "backends listen on loopback only, not {ip}");
         let listener = TcpListener::bind((ip, port))?;
         let port = listener.local_addr().expect("backend listener address").port();

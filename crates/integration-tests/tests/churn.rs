@@ -757,28 +757,6 @@ fn wait_for_resolver(nginx: &Nginx, dns: &Dns, expected: &[String], what: &str) 
     }
 }
 
-/// Backends on each of [`RESOLVED`], all on one port (nginx gives every address of a name the
-/// port of its `server` line).
-fn backends_sharing_a_port() -> Vec<Backend> {
-    for _ in 0..100 {
-        let first = Backend::start_on(RESOLVED[0]);
-        let port = first.port();
-        let mut backends = vec![first];
-        for &ip in &RESOLVED[1..] {
-            match Backend::start_at(ip, port) {
-                Ok(backend) => backends.push(backend),
-                // Taken on that address by someone else: try another port for all of them.
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => break,
-                Err(e) => panic!("bind a backend on {ip}:{port}: {e}"),
-            }
-        }
-        if backends.len() == RESOLVED.len() {
-            return backends;
-        }
-    }
-    panic!("found no port free on all of {RESOLVED:?}");
-}
-
 fn addresses(indexes: &[usize]) -> Vec<Ipv4Addr> {
     indexes.iter().map(|&i| RESOLVED[i]).collect()
 }
@@ -910,7 +888,8 @@ fn run(scenario: &Scenario) -> Figures {
         dns.set(DNS_NAME, &addresses(DNS_INITIAL), DNS_TTL);
         dns
     });
-    let resolved_backends = if scenario.resolve { backends_sharing_a_port() } else { Vec::new() };
+    let resolved_backends =
+        if scenario.resolve { Backend::start_sharing_port(&RESOLVED) } else { Vec::new() };
     let mut configured: Vec<String> = healthy.iter().map(Backend::addr).collect();
     configured.push(refusing);
     let peers = Peers {

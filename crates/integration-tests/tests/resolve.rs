@@ -44,28 +44,6 @@ fn skipped(test: &str) -> bool {
     true
 }
 
-/// Backends on each of `ips`, all on one port (nginx gives every address of a name the port of
-/// its `server` line), in the order of `ips`.
-fn backends_sharing_a_port(ips: &[Ipv4Addr]) -> Vec<Backend> {
-    for _ in 0..100 {
-        let first = Backend::start_on(ips[0]);
-        let port = first.port();
-        let mut backends = vec![first];
-        for &ip in &ips[1..] {
-            match Backend::start_at(ip, port) {
-                Ok(backend) => backends.push(backend),
-                // Taken on that address by someone else: try another port for all of them.
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => break,
-                Err(e) => panic!("bind a backend on {ip}:{port}: {e}"),
-            }
-        }
-        if backends.len() == ips.len() {
-            return backends;
-        }
-    }
-    panic!("found no port free on all of {ips:?}");
-}
-
 /// A test's nginx with upstream `u` (zone `u`): a static peer, then `backends.test:<port>
 /// resolve`, asked of the test's DNS server with `valid=1s`; `/eval` on `%%PORT%%`, `u` proxied
 /// on `%%PORT_1%%`.
@@ -89,7 +67,7 @@ impl Setup {
         let dns = Dns::start();
         dns.set(NAME, answers, TTL);
         let static_backend = Backend::start();
-        let named = backends_sharing_a_port(&[IP_2, IP_3, IP_4]);
+        let named = Backend::start_sharing_port(&[IP_2, IP_3, IP_4]);
         let nginx = Config::new()
             .http(&format!(
                 "upstream u {{

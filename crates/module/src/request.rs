@@ -21,11 +21,9 @@
 //! at `u->peer.data` (balancer_by_lua does), and their lists are never changed anyway.
 
 use dynamic_upstream_core::balancer::{check, Balancer, Change};
-#[cfg(ngx_peer_refs)]
 use nginx_sys::{ngx_http_request_t, ngx_http_upstream_srv_conf_t, ngx_int_t, NGX_ERROR, NGX_OK};
 
-#[cfg(ngx_peer_refs)]
-use crate::conf::upstream_conf;
+use crate::conf::{upstream_conf, UpstreamConf};
 #[cfg(not(ngx_peer_refs))]
 pub use name_copy::init_peer;
 
@@ -36,6 +34,28 @@ pub fn wraps(balancer: Balancer) -> bool {
         balancer != Balancer::Other
     } else {
         check(b"", balancer, Change::RemovePeer, None).is_ok()
+    }
+}
+
+/// Runs the wrapped balancer's own peer init: the upstream's configuration if it succeeded, else
+/// what to return to nginx.
+///
+/// # Safety
+/// As `uscf->peer.init`, on an upstream this module wrapped.
+unsafe fn init_wrapped<'a>(
+    r: *mut ngx_http_request_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> Result<&'a UpstreamConf, ngx_int_t> {
+    // SAFETY: guaranteed by the caller; `original_init_peer` was saved from this upstream.
+    unsafe {
+        let conf = upstream_conf(us);
+        let Some(original) = conf.original_init_peer else {
+            return Err(NGX_ERROR as ngx_int_t);
+        };
+        match original(r, us) {
+            rc if rc == NGX_OK as ngx_int_t => Ok(conf),
+            rc => Err(rc),
+        }
     }
 }
 
@@ -50,14 +70,11 @@ pub extern "C" fn init_peer(
     // configuration this hook was installed on (an explicit, zoned one with a known balancer,
     // whose per-request data starts with the round-robin data, or keepalive's around it).
     unsafe {
-        let conf = upstream_conf(us);
-        let Some(original) = conf.original_init_peer else {
-            return NGX_ERROR as ngx_int_t;
+        let conf = match init_wrapped(r, us) {
+            Ok(conf) if conf.tried_words > 1 => conf,
+            Ok(_) => return NGX_OK as ngx_int_t,
+            Err(rc) => return rc,
         };
-        let rc = original(r, us);
-        if rc != NGX_OK as ngx_int_t || conf.tried_words <= 1 {
-            return rc;
-        }
         let mut data = (*(*r).upstream).peer.data;
         if conf.behind_keepalive {
             data = (*(data as *const crate::balancer::KeepalivePeerData)).data;
@@ -69,7 +86,7 @@ pub extern "C" fn init_peer(
             return NGX_ERROR as ngx_int_t;
         }
         (*rrp).tried = tried.cast();
-        rc
+        NGX_OK as ngx_int_t
     }
 }
 
@@ -84,8 +101,6 @@ mod name_copy {
         ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t, ngx_pnalloc, ngx_pool_t,
         ngx_str_t, ngx_uint_t, NGX_DONE, NGX_ERROR, NGX_OK,
     };
-
-    use crate::conf::upstream_conf;
 
     /// The wrapped balancer's callbacks and data, in the request pool.
     struct PeerData {
@@ -110,12 +125,7 @@ mod name_copy {
         // SAFETY: nginx calls peer.init with a live request that has an upstream, and the upstream
         // configuration this hook was installed on (an explicit, zoned one).
         unsafe {
-            let conf = upstream_conf(us);
-            let Some(original) = conf.original_init_peer else {
-                return NGX_ERROR as ngx_int_t;
-            };
-            let rc = original(r, us);
-            if rc != NGX_OK as ngx_int_t {
+            if let Err(rc) = super::init_wrapped(r, us) {
                 return rc;
             }
             let pool = (*r).pool;
