@@ -757,6 +757,9 @@ pub fn add_peer(
                 shared.index.insert(new.peer, list == BACKUP, tail);
                 shared.count[list] += 1;
                 locked.account(list, &*new.peer, 1);
+                // nginx >= 1.27.3: no counter move of its own (but for table balancers), as every
+                // request's `tried` bitmap covers the capacity (`request.rs`), and the count
+                // stays within it; a list longer than that (resolver peers) moves it.
                 locked.publish(&target, span_before, Change::AddPeer);
                 #[cfg(not(ngx_peer_refs))]
                 locked.reap(shared, (*target.primary).shpool);
@@ -811,6 +814,8 @@ pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(),
         shared.index.remove(found.peer);
         shared.count[found.list] -= 1;
         locked.account(found.list, &*found.peer, -1);
+        // nginx >= 1.27.3: no counter move of its own (but for table balancers): a request that
+        // holds the peer keeps it alive (`refs`), and a shorter list fits every bitmap.
         locked.publish(&target, span_before, Change::RemovePeer);
         locked.release(&target, found.list, found.peer);
     }
@@ -859,6 +864,8 @@ pub fn update_peer(
             p.down = down.into();
         }
         locked.account(found.list, p, 1);
+        // nginx >= 1.27.3: no counter move (but for table balancers' weights): every balancer
+        // reads these fields live, under the list locks held here.
         locked.publish(&target, span_before, change);
     }
     Ok(())
