@@ -34,14 +34,15 @@ packages=(
 
 # The configure arguments. Of Debian's `nginx -V`, what matters for modules: --with-compat (module
 # ABI padding), --with-threads and --with-http_ssl_module/--with-http_v2_module (they change structs
-# modules see), --with-debug and --with-pcre-jit (same behaviour as the 1.22 build we test with).
+# modules see), --with-debug and --with-pcre-jit (same behaviour as the 1.22 build we test with),
+# --with-http_stub_status_module (the benchmarks' backends count connections with it).
 # lua-nginx-module 0.10.23 calls PCRE1 (pcre_malloc...) while nginx 1.28 itself uses PCRE2, as in
 # Debian's 1.22 packages: link libpcre explicitly, else loading the lua module fails with
 # "undefined symbol: pcre_malloc".
 configure_args=(
     --prefix="$prefix"
     --with-compat --with-threads --with-debug --with-pcre-jit
-    --with-http_ssl_module --with-http_v2_module
+    --with-http_ssl_module --with-http_v2_module --with-http_stub_status_module
     --with-cc-opt='-g -O2 -fstack-protector-strong -Wformat -Werror=format-security -D_FORTIFY_SOURCE=2 -fPIC'
     --with-ld-opt='-Wl,-z,relro -Wl,-z,now -fPIC -lpcre'
 )
