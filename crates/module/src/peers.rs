@@ -127,7 +127,7 @@ struct Target<'a> {
     primary: *mut ngx_http_upstream_rr_peers_t,
     shared: *mut SharedState,
     balancer: Balancer,
-    #[cfg_attr(not(ngx_peer_refs), allow(dead_code))]
+    #[cfg(ngx_peer_refs)]
     bump_every_change: bool,
 }
 
@@ -150,6 +150,7 @@ impl<'a> Target<'a> {
             primary: upstream.peers,
             shared: conf.shared,
             balancer: conf.balancer,
+            #[cfg(ngx_peer_refs)]
             bump_every_change: conf.bump_every_change,
         })
     }
@@ -378,6 +379,17 @@ impl Locked {
                 *config = (*config).wrapping_add(1);
             }
         }
+    }
+
+    /// The peers a new request's `tried` bitmap is sized for: before nginx 1.27.3 the capacity,
+    /// which `number` holds (nothing moves with it there).
+    ///
+    /// # Safety
+    /// `target` is the upstream of these lists.
+    #[cfg(not(ngx_peer_refs))]
+    unsafe fn bitmap_span(&self, target: &Target<'_>) -> usize {
+        // SAFETY: `capacity` never changes after startup.
+        unsafe { (*target.shared).capacity }
     }
 
     /// Makes a change visible the way nginx expects: the flags derived from the counters.
@@ -735,10 +747,7 @@ pub fn add_peer(
             }
             // SAFETY: both lists are write-locked; the new peer and list are ours to link.
             Ok(None) => unsafe {
-                #[cfg(ngx_peer_refs)]
                 let span_before = locked.bitmap_span(&target);
-                #[cfg(not(ngx_peer_refs))]
-                let span_before = 0;
                 if list == BACKUP && locked.lists[BACKUP].is_null() {
                     // No request can be in a list that did not exist; linking it under the
                     // primary lock publishes it to every failover path at once.
@@ -797,10 +806,7 @@ pub fn remove_peer(upstream: &ZonedUpstream, addr: &ServerAddress) -> Result<(),
     }
     // SAFETY: both lists are write-locked; `found` is in list `found.list`.
     unsafe {
-        #[cfg(ngx_peer_refs)]
         let span_before = locked.bitmap_span(&target);
-        #[cfg(not(ngx_peer_refs))]
-        let span_before = 0;
         let (prev, next) = (found.prev, (*found.peer).next);
         match prev.as_mut() {
             Some(prev) => prev.next = next,
@@ -835,10 +841,7 @@ pub fn update_peer(
     let found = unsafe { locked.find(&target, addr) }?.ok_or_else(|| target.not_found(addr))?;
     // SAFETY: the owning list is write-locked (both are).
     unsafe {
-        #[cfg(ngx_peer_refs)]
         let span_before = locked.bitmap_span(&target);
-        #[cfg(not(ngx_peer_refs))]
-        let span_before = 0;
         let p = &mut *found.peer;
         locked.account(found.list, p, -1);
         if let Some(weight) = options.weight() {
