@@ -20,6 +20,7 @@ set -euo pipefail
 unset NGINX
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib/packages.sh"
 cd "$root"
 
 build=${1:-1.22}
@@ -55,9 +56,11 @@ for f in "$nginx" "$build_dir/ngx_auto_config.h"; do
     fi
 done
 
+# The ASan runtime nginx is started with (gcc 12's, which the Rust instrumentation works with).
+install_missing asan libasan8
 libasan=$(ls /usr/lib/x86_64-linux-gnu/libasan.so.* 2>/dev/null | sort | head -n 1 || true)
 if [ -z "$libasan" ]; then
-    echo "asan: no libasan in /usr/lib/x86_64-linux-gnu (apt-get install libasan8)" >&2
+    echo "asan: no libasan in /usr/lib/x86_64-linux-gnu after installing libasan8" >&2
     exit 1
 fi
 

@@ -4,17 +4,9 @@
 # nginx and module given by DYNUP_NGINX and DYNUP_MODULE (Debian's nginx and build/ by default),
 # killed after 14 minutes at the latest (it stops itself, cleanly, at 14 as well).
 set -euo pipefail
+. "$(dirname "$0")/lib/packages.sh"
 
-if ! command -v wrk >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "bench: wrk is missing; install it (apt-get install wrk) or run as root" >&2
-        exit 1
-    fi
-    echo "bench: installing wrk"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends wrk >/dev/null
-fi
+install_missing bench wrk
 
 cargo="${CARGO:-cargo}"
 "$cargo" build --release -p bench

@@ -15,6 +15,7 @@ set -euo pipefail
 shopt -s inherit_errexit   # also stop on errors inside $(...)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib/packages.sh"
 script=$root/scripts/$(basename "$0")
 prefix=$root/build/nginx-1.28
 tree=$root/build/nginx-1.28-src
@@ -50,22 +51,6 @@ export LUAJIT_INC=/usr/include/luajit-2.1
 export LUAJIT_LIB=/usr/lib/x86_64-linux-gnu
 
 log() { echo "nginx-1.28: $*"; }
-
-install_packages() {
-    local missing=() p
-    for p in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "nginx-1.28: missing packages: ${missing[*]}; run as root (or install them) first" >&2
-        exit 1
-    fi
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 # What the build was made from; a change of any of it forces a rebuild.
 stamp_text() {
@@ -196,7 +181,7 @@ unpack_deb_source() {
     echo "$dir"
 }
 
-install_packages
+install_missing nginx-1.28 "${packages[@]}"
 if up_to_date; then
     log "up to date: $prefix/sbin/nginx"
     exit 0
