@@ -878,14 +878,15 @@ pub fn update_peer(
 /// peers no longer need.
 pub fn zone_usage(upstream: &ZonedUpstream) -> Result<(usize, usize), Error> {
     let target = Target::new(upstream, Change::InPlace)?;
+    // Before nginx 1.27.3 the graveyard is emptied first, under the list locks it needs; later
+    // nginx frees removed peers itself, and only the zone's mutex is needed.
+    #[cfg(not(ngx_peer_refs))]
     let locked = target.lock_all();
-    // SAFETY: this upstream's state and zone, under its list locks.
+    // SAFETY: this upstream's state and zone; the reap runs under the list locks just taken.
     unsafe {
         let slab = SlabGuard::lock((*target.primary).shpool);
         #[cfg(not(ngx_peer_refs))]
         locked.reap_with(&mut *target.shared, &slab);
-        #[cfg(ngx_peer_refs)]
-        drop(locked);
         Ok((upstream.zone_size, slab.free_bytes()))
     }
 }
